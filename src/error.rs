@@ -1,0 +1,62 @@
+//! One error type for the whole library.
+//!
+//! Every variant names what the user can act on: the file, the tensor, the line. The CLI maps
+//! [`Error::exit_code`] to the process status: 2 for bad input (the user can fix it), 1 for
+//! failures of the machine or of `hft` itself.
+
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file the user gave us is unreadable, malformed or does not fit the command.
+    #[error("{}: {msg}", path.display())]
+    Input { path: PathBuf, msg: String },
+    /// Arguments that contradict each other or are out of range.
+    #[error("{0}")]
+    Usage(String),
+    /// The operating system refused a read or a write we needed (disk full, permissions).
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bug in `hft`: an invariant that input cannot break was broken.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn input(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Input {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+
+    /// An I/O error on a path. A missing or unreadable input is the user's to fix, so it counts
+    /// as bad input; anything else (disk full on write, ...) is a machine failure.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        let path = path.as_ref().to_path_buf();
+        match source.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Error::Input {
+                msg: source.to_string(),
+                path,
+            },
+            _ => Error::Io { path, source },
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Input { .. } | Error::Usage(_) => 2,
+            Error::Io { .. } | Error::Internal(_) => 1,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Element types: which ones we can do arithmetic on, and bulk conversion between their
+//! little-endian bytes and f32/f64.
+//!
+//! Conversions work on slices so the compiler can vectorise them; callers walk a tensor in
+//! chunks of [`CHUNK`] elements so no buffer grows with the tensor.
+
+pub use safetensors::Dtype as DType;
+
+use crate::error::{Error, Result};
+
+/// Elements per chunk when streaming a tensor: large enough to amortise the loop overhead,
+/// small enough that a chunk of f64s (512 KiB) stays in L2.
+pub const CHUNK: usize = 64 * 1024;
+
+/// True for the dtypes we decode and compare numerically.
+pub fn is_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
+}
+
+/// Bytes per element, or `None` for sub-byte types (F4, F6), which we only compare as bytes.
+pub fn elem_bytes(dtype: DType) -> Option<usize> {
+    let bits = dtype.bitsize();
+    (bits % 8 == 0).then_some(bits / 8)
+}
+
+/// Parses the names users type (`bf16`, `F32`, `float16`, ...) into a float dtype.
+pub fn parse_float(s: &str) -> Result<DType> {
+    match s.to_ascii_lowercase().as_str() {
+        "f16" | "fp16" | "float16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f32" | "fp32" | "float32" | "float" => Ok(DType::F32),
+        "f64" | "fp64" | "float64" | "double" => Ok(DType::F64),
+        _ => Err(Error::usage(format!(
+            "unknown dtype `{s}`: expected one of bf16, f16, f32, f64"
+        ))),
+    }
+}
+
+/// The name safetensors and Hugging Face use (`BF16`, `F32`, ...).
+pub fn name(dtype: DType) -> String {
+    dtype.to_string()
+}
+
+/// Decodes little-endian `bytes` of a float dtype into `out` (same element count).
+pub fn decode_f64(dtype: DType, bytes: &[u8], out: &mut [f64]) {
+    match dtype {
+        DType::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64;
+            }
+        }
+        DType::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64();
+            }
+        }
+        DType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+            }
+        }
+        DType::F64 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = f64::from_le_bytes(c.try_into().expect("8-byte chunk"));
+            }
+        }
+        other => unreachable!("decode_f64 called on non-float dtype {other}"),
+    }
+}
+
+/// Decodes into f32, the working precision of merges (f64 inputs are rounded).
+pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
+    match dtype {
+        DType::BF16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
+        DType::F16 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        DType::F32 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        DType::F64 => {
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = f64::from_le_bytes(c.try_into().expect("8-byte chunk")) as f32;
+            }
+        }
+        other => unreachable!("decode_f32 called on non-float dtype {other}"),
+    }
+}
+
+/// Encodes f32 values as `dtype`, rounding to nearest even for BF16 and F16.
+pub fn encode_f32(dtype: DType, values: &[f32], out: &mut [u8]) {
+    match dtype {
+        DType::BF16 => {
+            for (v, o) in values.iter().zip(out.chunks_exact_mut(2)) {
+                o.copy_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (v, o) in values.iter().zip(out.chunks_exact_mut(2)) {
+                o.copy_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        DType::F32 => {
+            for (v, o) in values.iter().zip(out.chunks_exact_mut(4)) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        DType::F64 => {
+            for (v, o) in values.iter().zip(out.chunks_exact_mut(8)) {
+                o.copy_from_slice(&(*v as f64).to_le_bytes());
+            }
+        }
+        other => unreachable!("encode_f32 called on non-float dtype {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_round_trip_rounds_to_nearest_even() {
+        // 1 + 2^-8 lies exactly between two bf16 values (1 and 1 + 2^-7): ties go to even (1).
+        let v = [1.0f32 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8), -2.5, 0.0];
+        let mut bytes = vec![0u8; 8];
+        encode_f32(DType::BF16, &v, &mut bytes);
+        let mut back = [0f32; 4];
+        decode_f32(DType::BF16, &bytes, &mut back);
+        assert_eq!(back, [1.0, 1.0 + 2.0 * 2f32.powi(-7), -2.5, 0.0]);
+    }
+
+    #[test]
+    fn every_float_dtype_decodes_exact_values() {
+        let v = [0.5f32, -3.0, 1024.0, 0.0];
+        for dt in [DType::BF16, DType::F16, DType::F32, DType::F64] {
+            let mut bytes = vec![0u8; 4 * elem_bytes(dt).unwrap()];
+            encode_f32(dt, &v, &mut bytes);
+            let mut f64s = [0f64; 4];
+            decode_f64(dt, &bytes, &mut f64s);
+            assert_eq!(f64s, [0.5, -3.0, 1024.0, 0.0], "{dt}");
+        }
+    }
+
+    #[test]
+    fn parse_accepts_common_spellings() {
+        assert_eq!(parse_float("bfloat16").unwrap(), DType::BF16);
+        assert_eq!(parse_float("F32").unwrap(), DType::F32);
+        assert!(parse_float("int8").is_err());
+    }
+}

@@ -1,0 +1,393 @@
+//! Streaming checkpoint writer.
+//!
+//! All shapes and dtypes are known before any value is computed, so every header, and so every
+//! tensor's final byte offset, is fixed up front. Workers then write their tensors (or pieces of
+//! them) in any order with positional writes: nothing waits for a predecessor and no tensor is
+//! ever buffered whole. Output goes to a temporary name next to the destination and is renamed
+//! into place only by [`CheckpointWriter::finish`]; dropping an unfinished writer removes it, so
+//! a failure half way leaves no half-written model under the final name.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use super::checkpoint::{Checkpoint, INDEX_NAME, SINGLE_NAME};
+use super::dtype::{self, DType};
+use crate::error::{Error, Result};
+
+/// Hugging Face's default shard limit ("5GB" in `save_pretrained`).
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+/// A tensor to be written: what its header entry says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    pub fn nbytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * dtype::elem_bytes(self.dtype).unwrap_or(1)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Largest shard, in bytes of tensor data; a single tensor larger than this gets a shard of
+    /// its own. When everything fits in one shard the output is a single `model.safetensors`.
+    pub max_shard_bytes: u64,
+    /// `__metadata__` written into every shard.
+    pub metadata: BTreeMap<String, String>,
+    /// Replace an existing non-empty output.
+    pub force: bool,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+            metadata: BTreeMap::new(),
+            force: false,
+        }
+    }
+}
+
+struct ShardOut {
+    file: File,
+    name: String,
+}
+
+/// Where a tensor's bytes go: shard, absolute file offset, length.
+#[derive(Clone, Copy)]
+struct Slot {
+    shard: usize,
+    offset: u64,
+    len: usize,
+}
+
+pub struct CheckpointWriter {
+    dest: PathBuf,
+    tmp: PathBuf,
+    /// Output is a directory (else a single `.safetensors` file).
+    is_dir: bool,
+    force: bool,
+    shards: Vec<ShardOut>,
+    slots: Vec<Slot>,
+    specs: Vec<TensorSpec>,
+    finished: bool,
+}
+
+impl CheckpointWriter {
+    /// Lays out the output. `dest` ending in `.safetensors` means one file (no sharding);
+    /// anything else is a directory in Hugging Face layout.
+    pub fn create(dest: &Path, specs: Vec<TensorSpec>, opts: &WriterOptions) -> Result<Self> {
+        if specs.is_empty() {
+            return Err(Error::Internal("writer given no tensors".into()));
+        }
+        let is_dir = !dest.extension().is_some_and(|e| e == "safetensors");
+        if dest.exists() && !opts.force {
+            let non_empty = if dest.is_dir() {
+                std::fs::read_dir(dest)
+                    .map_err(|e| Error::io(dest, e))?
+                    .next()
+                    .is_some()
+            } else {
+                true
+            };
+            if non_empty {
+                return Err(Error::input(
+                    dest,
+                    "output exists and is not empty; choose another path or pass --force",
+                ));
+            }
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        }
+        let base = dest
+            .file_name()
+            .ok_or_else(|| Error::usage(format!("bad output path `{}`", dest.display())))?
+            .to_string_lossy()
+            .into_owned();
+        let tmp = parent.join(format!(".{base}.hft-tmp-{}", std::process::id()));
+        if tmp.exists() {
+            remove_path(&tmp)?;
+        }
+
+        // Assign tensors to shards greedily, in the order given.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut size = 0u64;
+        for (i, s) in specs.iter().enumerate() {
+            let n = s.nbytes() as u64;
+            if groups.is_empty() || (is_dir && size > 0 && size + n > opts.max_shard_bytes) {
+                groups.push(Vec::new());
+                size = 0;
+            }
+            groups.last_mut().expect("pushed").push(i);
+            size += n;
+        }
+        let mut metadata = opts.metadata.clone();
+        metadata
+            .entry("format".to_string())
+            .or_insert_with(|| "pt".to_string());
+
+        let mut writer = CheckpointWriter {
+            dest: dest.to_path_buf(),
+            tmp: tmp.clone(),
+            is_dir,
+            force: opts.force,
+            shards: Vec::new(),
+            slots: vec![
+                Slot {
+                    shard: 0,
+                    offset: 0,
+                    len: 0
+                };
+                specs.len()
+            ],
+            specs,
+            finished: false,
+        };
+        if is_dir {
+            std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        let k = groups.len();
+        for (si, group) in groups.iter().enumerate() {
+            let name = if k == 1 {
+                SINGLE_NAME.to_string()
+            } else {
+                format!("model-{:05}-of-{:05}.safetensors", si + 1, k)
+            };
+            let path = if is_dir { tmp.join(&name) } else { tmp.clone() };
+            let mut header = Map::new();
+            header.insert("__metadata__".into(), json!(metadata));
+            let mut off = 0usize;
+            for &ti in group {
+                let s = &writer.specs[ti];
+                let n = s.nbytes();
+                header.insert(
+                    s.name.clone(),
+                    json!({"dtype": dtype::name(s.dtype), "shape": s.shape, "data_offsets": [off, off + n]}),
+                );
+                off += n;
+            }
+            let mut text = serde_json::to_string(&Value::Object(header))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            // Pad so tensor data starts 8-byte aligned, as the reference writer does.
+            while (8 + text.len()) % 8 != 0 {
+                text.push(' ');
+            }
+            let data_start = 8 + text.len() as u64;
+            let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
+            file.write_all_at(&(text.len() as u64).to_le_bytes(), 0)
+                .and_then(|_| file.write_all_at(text.as_bytes(), 8))
+                .and_then(|_| file.set_len(data_start + off as u64))
+                .map_err(|e| Error::io(&path, e))?;
+            let mut o = 0u64;
+            for &ti in group {
+                let len = writer.specs[ti].nbytes();
+                writer.slots[ti] = Slot {
+                    shard: si,
+                    offset: data_start + o,
+                    len,
+                };
+                o += len as u64;
+            }
+            writer.shards.push(ShardOut { file, name });
+        }
+        Ok(writer)
+    }
+
+    pub fn specs(&self) -> &[TensorSpec] {
+        &self.specs
+    }
+
+    /// Writes `bytes` at byte `offset` inside tensor `index` (an index into the specs). Safe to
+    /// call from many threads at once for disjoint ranges.
+    pub fn write(&self, index: usize, offset: usize, bytes: &[u8]) -> Result<()> {
+        let slot = self.slots[index];
+        if offset + bytes.len() > slot.len {
+            return Err(Error::Internal(format!(
+                "write past the end of tensor `{}`",
+                self.specs[index].name
+            )));
+        }
+        let shard = &self.shards[slot.shard];
+        shard
+            .file
+            .write_all_at(bytes, slot.offset + offset as u64)
+            .map_err(|e| Error::io(self.shard_path(slot.shard), e))
+    }
+
+    fn shard_path(&self, shard: usize) -> PathBuf {
+        if self.is_dir {
+            self.tmp.join(&self.shards[shard].name)
+        } else {
+            self.tmp.clone()
+        }
+    }
+
+    /// Copies the non-weight files of a model directory (config, tokenizer, chat template, ...)
+    /// into a directory output. Weights, indexes, pickles and hidden files are skipped.
+    pub fn copy_side_files(&self, from: &Path) -> Result<Vec<String>> {
+        let mut copied = Vec::new();
+        if !self.is_dir {
+            return Ok(copied);
+        }
+        for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
+            let entry = entry.map_err(|e| Error::io(from, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ft = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
+            let skip = !ft.is_file()
+                || name.starts_with('.')
+                || name.ends_with(".safetensors")
+                || name == INDEX_NAME
+                || name.ends_with(".bin")
+                || name.ends_with(".pt")
+                || name.ends_with(".pth")
+                || name.ends_with(".gguf");
+            if skip {
+                continue;
+            }
+            let to = self.tmp.join(&name);
+            std::fs::copy(entry.path(), &to).map_err(|e| Error::io(&to, e))?;
+            copied.push(name);
+        }
+        copied.sort();
+        Ok(copied)
+    }
+
+    /// Writes an extra small file (a plan, a report) into a directory output.
+    pub fn add_file(&self, name: &str, contents: &[u8]) -> Result<()> {
+        if !self.is_dir {
+            return Ok(());
+        }
+        let to = self.tmp.join(name);
+        std::fs::write(&to, contents).map_err(|e| Error::io(&to, e))
+    }
+
+    /// Flushes, writes the index of a sharded output, and renames the result into place.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        for i in 0..self.shards.len() {
+            self.shards[i]
+                .file
+                .sync_all()
+                .map_err(|e| Error::io(self.shard_path(i), e))?;
+        }
+        if self.is_dir && self.shards.len() > 1 {
+            let total: u64 = self.specs.iter().map(|s| s.nbytes() as u64).sum();
+            let mut names: Vec<(&str, &str)> = self
+                .specs
+                .iter()
+                .zip(&self.slots)
+                .map(|(s, slot)| (s.name.as_str(), self.shards[slot.shard].name.as_str()))
+                .collect();
+            names.sort();
+            let map: Map<String, Value> = names
+                .into_iter()
+                .map(|(n, f)| (n.to_string(), json!(f)))
+                .collect();
+            let index = json!({"metadata": {"total_size": total}, "weight_map": map});
+            let path = self.tmp.join(INDEX_NAME);
+            let text = serde_json::to_string_pretty(&index).expect("JSON");
+            std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+        }
+        if self.dest.exists() {
+            if !self.force {
+                // Created by someone else while we worked: never clobber it.
+                return Err(Error::input(
+                    &self.dest,
+                    "output appeared while writing; result left at a temporary name",
+                ));
+            }
+            let old = self
+                .tmp
+                .with_file_name(format!(".hft-old-{}", std::process::id()));
+            std::fs::rename(&self.dest, &old).map_err(|e| Error::io(&self.dest, e))?;
+            std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+            remove_path(&old)?;
+        } else {
+            std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
+        }
+        self.finished = true;
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = remove_path(&self.tmp);
+        }
+    }
+}
+
+fn remove_path(p: &Path) -> Result<()> {
+    let r = if p.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    };
+    r.map_err(|e| Error::io(p, e))
+}
+
+/// Refuses an output that would overwrite or live inside an input, or contain one (with
+/// `--force` that would delete it). Paths are compared after resolving symlinks.
+pub fn check_output_path(out: &Path, inputs: &[&Checkpoint]) -> Result<()> {
+    let out_abs = absolute(out);
+    for ck in inputs {
+        let mut paths = vec![absolute(&ck.source)];
+        if let Some(d) = &ck.dir {
+            if ck.source.is_dir() || ck.sharded {
+                paths.push(absolute(d));
+            }
+        }
+        paths.extend(ck.shards.iter().map(|s| absolute(&s.path)));
+        for p in paths {
+            if out_abs == p || out_abs.starts_with(&p) || p.starts_with(&out_abs) {
+                return Err(Error::usage(format!(
+                    "output `{}` would overwrite or sit inside input `{}`; choose another output",
+                    out.display(),
+                    ck.source.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Canonical form of a path that may not exist yet: its deepest existing ancestor is
+/// canonicalised and the rest appended.
+fn absolute(p: &Path) -> PathBuf {
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let mut tail = Vec::new();
+    let mut cur = p.as_path();
+    loop {
+        if let Ok(c) = cur.canonicalize() {
+            let mut r = c;
+            for t in tail.iter().rev() {
+                r.push(t);
+            }
+            return r;
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(par), Some(name)) => {
+                tail.push(name.to_os_string());
+                cur = par;
+            }
+            _ => return p,
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The `hft` binary: parse, dispatch, map errors to exit codes (2 bad input, 1 failure).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use hft::cli::{Cli, Command};
+use hft::commands;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
+            eprintln!("hft: cannot set {n} threads: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    let result = match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "hft", &mut std::io::stdout());
+            Ok(String::new())
+        }
+        cmd => commands::run(cmd, cli.quiet),
+    };
+    match result {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`hft diff ... | head`) is not an error worth a message.
+            let _ = stdout.write_all(out.as_bytes());
+            let _ = stdout.flush();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hft: error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Plots as SVG files (plotters' SVG backend needs no fonts or native libraries).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::diff::DiffReport;
+use crate::error::{Error, Result};
+use crate::layout::Category;
+
+/// A matrix to draw as a heatmap: rows top to bottom, columns left to right.
+pub struct Heatmap {
+    pub title: String,
+    pub rows: Vec<String>,
+    pub cols: Vec<String>,
+    pub values: Vec<Vec<Option<f64>>>,
+    pub legend: String,
+}
+
+/// Five stops of the viridis map, dark (low) to yellow (high): perceptually even and readable
+/// in greyscale.
+const VIRIDIS: [(u8, u8, u8); 5] = [
+    (68, 1, 84),
+    (59, 82, 139),
+    (33, 145, 140),
+    (94, 201, 98),
+    (253, 231, 37),
+];
+
+fn colour(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0) * (VIRIDIS.len() - 1) as f64;
+    let i = (t.floor() as usize).min(VIRIDIS.len() - 2);
+    let f = t - i as f64;
+    let (a, b) = (VIRIDIS[i], VIRIDIS[i + 1]);
+    let mix = |x: u8, y: u8| (x as f64 + (y as f64 - x as f64) * f).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+/// Writes `h` to `path` (`.svg`).
+pub fn heatmap(h: &Heatmap, path: &Path) -> Result<()> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if ext.as_deref() != Some("svg") {
+        return Err(Error::usage(format!(
+            "plot `{}`: only .svg is supported (convert to PNG with any SVG tool, e.g. `rsvg-convert`)",
+            path.display()
+        )));
+    }
+    let cell_w = 64u32;
+    let cell_h = 18u32.max(320 / h.rows.len().max(1) as u32).min(28);
+    let left = 90u32;
+    let top = 70u32;
+    let width = left + cell_w * h.cols.len().max(1) as u32 + 140;
+    let height = top + cell_h * h.rows.len().max(1) as u32 + 40;
+    let max = h
+        .values
+        .iter()
+        .flatten()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (width, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let font = ("sans-serif", 14).into_font();
+        let small = ("sans-serif", 11).into_font();
+        root.draw(&Text::new(h.title.clone(), (10, 12), font.clone()))?;
+        for (j, c) in h.cols.iter().enumerate() {
+            let x = (left + cell_w * j as u32 + 4) as i32;
+            root.draw(&Text::new(c.clone(), (x, (top - 18) as i32), small.clone()))?;
+        }
+        for (i, r) in h.rows.iter().enumerate() {
+            let y = (top + cell_h * i as u32) as i32;
+            root.draw(&Text::new(r.clone(), (10, y + 3), small.clone()))?;
+            for (j, v) in h.values[i].iter().enumerate() {
+                let x = (left + cell_w * j as u32) as i32;
+                let rect = [(x, y), (x + cell_w as i32 - 1, y + cell_h as i32 - 1)];
+                match v {
+                    Some(v) if v.is_finite() => {
+                        let t = if max > 0.0 { v / max } else { 0.0 };
+                        root.draw(&Rectangle::new(rect, colour(t).filled()))?;
+                    }
+                    _ => root.draw(&Rectangle::new(rect, RGBColor(235, 235, 235).filled()))?,
+                }
+            }
+        }
+        // Legend: a vertical colour bar from 0 to the maximum.
+        let lx = (left + cell_w * h.cols.len() as u32 + 20) as i32;
+        let steps = 40;
+        let bar_h = (cell_h * h.rows.len().max(1) as u32).max(100) as i32;
+        for s in 0..steps {
+            let y0 = top as i32 + bar_h * s / steps;
+            let y1 = top as i32 + bar_h * (s + 1) / steps;
+            let t = 1.0 - s as f64 / (steps - 1) as f64;
+            root.draw(&Rectangle::new(
+                [(lx, y0), (lx + 16, y1)],
+                colour(t).filled(),
+            ))?;
+        }
+        root.draw(&Text::new(
+            format!("{max:.3e}"),
+            (lx + 20, top as i32),
+            small.clone(),
+        ))?;
+        root.draw(&Text::new(
+            "0",
+            (lx + 20, top as i32 + bar_h - 10),
+            small.clone(),
+        ))?;
+        root.draw(&Text::new(
+            h.legend.clone(),
+            (lx, top as i32 - 30),
+            small.clone(),
+        ))?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
+}
+
+/// The `hft diff --plot` heatmap: layers down, categories across, colour = relative change.
+pub fn diff_heatmap(r: &DiffReport) -> Heatmap {
+    let cats: Vec<Category> = Category::ALL
+        .into_iter()
+        .filter(|c| r.cells.iter().any(|x| x.layer.is_some() && x.category == *c))
+        .collect();
+    let values = r
+        .layers
+        .iter()
+        .map(|l| {
+            cats.iter()
+                .map(|c| {
+                    r.cells
+                        .iter()
+                        .find(|x| x.layer == Some(l.layer) && x.category == *c)
+                        .and_then(|x| x.figures.rel_delta)
+                })
+                .collect()
+        })
+        .collect();
+    Heatmap {
+        title: format!("relative change |B-A|/|A|: {} -> {}", r.a, r.b),
+        rows: r.layers.iter().map(|l| format!("layer {}", l.layer)).collect(),
+        cols: cats.iter().map(|c| c.to_string()).collect(),
+        values,
+        legend: "rel_delta".into(),
+    }
+}
