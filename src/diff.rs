@@ -102,7 +102,9 @@ impl DiffReport {
 /// How a pair of same-named tensors is compared.
 enum Pairing {
     /// Numerically, over `rows` leading rows (all of them when shapes are equal).
-    Numeric { rows: usize },
+    Numeric {
+        rows: usize,
+    },
     Bytes,
     /// Not comparable: reported as mismatched only.
     None,
@@ -121,9 +123,10 @@ fn pairing(ta: &TensorInfo, tb: &TensorInfo) -> Pairing {
         }
         return Pairing::None;
     }
-    let same_tail = ta.shape.len() == tb.shape.len()
-        && !ta.shape.is_empty()
-        && ta.shape[1..] == tb.shape[1..];
+    // Only matrices resize row-wise (a vocabulary grown or cut); vectors of another length
+    // are simply different tensors.
+    let same_tail =
+        ta.shape.len() == tb.shape.len() && ta.shape.len() >= 2 && ta.shape[1..] == tb.shape[1..];
     if floats && same_tail {
         return Pairing::Numeric {
             rows: ta.shape[0].min(tb.shape[0]),
@@ -205,7 +208,10 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, progress: &Progress) -> Result<DiffR
             layers.entry(l).or_default().merge(&t.acc);
         }
         cats.entry(t.category).or_default().merge(&t.acc);
-        cells.entry((t.layer, t.category)).or_default().merge(&t.acc);
+        cells
+            .entry((t.layer, t.category))
+            .or_default()
+            .merge(&t.acc);
         total.merge(&t.acc);
     }
     Ok(DiffReport {
@@ -261,9 +267,8 @@ fn compare_pair(
                 dtype::elem_bytes(tb.dtype).expect("float"),
             );
             let acc = stats::compare_float(&ba[..n * ea], ta.dtype, &bb[..n * eb], tb.dtype, n);
-            let extra = |t: &TensorInfo| {
-                (ta.shape != tb.shape).then(|| t.shape[0].saturating_sub(*rows))
-            };
+            let extra =
+                |t: &TensorInfo| (ta.shape != tb.shape).then(|| t.shape[0].saturating_sub(*rows));
             (acc, "numeric", extra(ta), extra(tb))
         }
         _ => {

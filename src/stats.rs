@@ -176,8 +176,7 @@ mod tests {
             cosine: (la > 0.0 && lb > 0.0).then(|| dot / (la * lb)),
             max_abs_delta: d.iter().fold(0.0f64, |m, x| m.max(x.abs())),
             mean_abs_delta: d.iter().map(|x| x.abs()).sum::<f64>() / a.len() as f64,
-            changed_frac: a.iter().zip(b).filter(|(x, y)| x != y).count() as f64
-                / a.len() as f64,
+            changed_frac: a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 / a.len() as f64,
             numel: a.len() as u64,
             nonfinite_a: 0,
             nonfinite_b: 0,
@@ -217,7 +216,13 @@ mod tests {
         let n = CHUNK + 1234;
         let a: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) / 8.0).collect();
         let b: Vec<f32> = (0..n)
-            .map(|i| if i % 3 == 0 { a[i] } else { a[i] + ((i % 5) as f32 - 2.0) / 4.0 })
+            .map(|i| {
+                if i % 3 == 0 {
+                    a[i]
+                } else {
+                    a[i] + ((i % 5) as f32 - 2.0) / 4.0
+                }
+            })
             .collect();
         for dt in [DType::BF16, DType::F16, DType::F32, DType::F64] {
             let (ba, bb) = (encode(dt, &a), encode(dt, &b));

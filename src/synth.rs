@@ -175,7 +175,9 @@ fn dtype_torch(d: DType) -> &'static str {
 /// the final norm not at all (so diffs show exact zeros too).
 fn tune_scale(layout: &Layout, name: &str, layers: usize) -> f64 {
     let role = layout.role(name);
-    let depth = role.layer.map_or(0.5, |l| (l + 1) as f64 / layers.max(1) as f64);
+    let depth = role
+        .layer
+        .map_or(0.5, |l| (l + 1) as f64 / layers.max(1) as f64);
     match role.unit_category() {
         Category::AttnK if role.layer == Some(0) => 0.0,
         Category::FinalNorm => 0.0,
@@ -271,7 +273,13 @@ pub fn write_fixtures(dir: &Path, force: bool) -> Result<()> {
     write_model(&llama, &dir.join("llama-base"), 1, None, &opts)?;
     write_model(&llama, &dir.join("llama-tuned"), 1, Some(2), &opts)?;
     write_model(&llama, &dir.join("llama-base-sharded"), 1, None, &sharded)?;
-    write_model(&llama, &dir.join("llama-tuned-sharded"), 1, Some(2), &sharded)?;
+    write_model(
+        &llama,
+        &dir.join("llama-tuned-sharded"),
+        1,
+        Some(2),
+        &sharded,
+    )?;
     let tied = ModelSpec {
         tied: true,
         vocab: 272,

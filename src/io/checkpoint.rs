@@ -174,7 +174,10 @@ impl Checkpoint {
         let mut wanted: HashMap<String, String> = HashMap::new();
         for (name, file) in map {
             let file = file.as_str().ok_or_else(|| {
-                Error::input(index, format!("`weight_map` entry `{name}` is not a file name"))
+                Error::input(
+                    index,
+                    format!("`weight_map` entry `{name}` is not a file name"),
+                )
             })?;
             if file.contains("..") || Path::new(file).is_absolute() {
                 return Err(Error::input(
@@ -204,7 +207,10 @@ impl Checkpoint {
                 if let Some(other) = seen.insert(info.name.clone(), file.clone()) {
                     return Err(Error::input(
                         index,
-                        format!("tensor `{}` is in two shards: `{other}` and `{file}`", info.name),
+                        format!(
+                            "tensor `{}` is in two shards: `{other}` and `{file}`",
+                            info.name
+                        ),
                     ));
                 }
                 match wanted.get(&info.name) {
@@ -458,11 +464,23 @@ mod tests {
 
     #[test]
     fn natural_order_compares_numbers_by_value() {
-        let mut v = vec!["layers.10.a", "layers.2.a", "layers.1.b", "embed", "layers.02.c"];
+        let mut v = vec![
+            "layers.10.a",
+            "layers.2.a",
+            "layers.1.b",
+            "embed",
+            "layers.02.c",
+        ];
         v.sort_by(|a, b| natural_cmp(a, b));
         assert_eq!(
             v,
-            ["embed", "layers.1.b", "layers.2.a", "layers.02.c", "layers.10.a"]
+            [
+                "embed",
+                "layers.1.b",
+                "layers.2.a",
+                "layers.02.c",
+                "layers.10.a"
+            ]
         );
     }
 }

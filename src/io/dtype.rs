@@ -20,7 +20,7 @@ pub fn is_float(dtype: DType) -> bool {
 /// Bytes per element, or `None` for sub-byte types (F4, F6), which we only compare as bytes.
 pub fn elem_bytes(dtype: DType) -> Option<usize> {
     let bits = dtype.bitsize();
-    (bits % 8 == 0).then_some(bits / 8)
+    bits.is_multiple_of(8).then_some(bits / 8)
 }
 
 /// Parses the names users type (`bf16`, `F32`, `float16`, ...) into a float dtype.

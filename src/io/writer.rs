@@ -21,6 +21,52 @@ use crate::error::{Error, Result};
 /// Hugging Face's default shard limit ("5GB" in `save_pretrained`).
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
+/// Parses a size the way people write it: `5GB`, `500MB`, `2GiB`, `1.5G`, `4096` (bytes).
+/// Decimal units (`KB`, `MB`, `GB`, `TB`, and the bare `K`, `M`, `G`, `T`) are powers of 1000,
+/// as in Hugging Face's `max_shard_size`; binary units (`KiB` ... `TiB`) powers of 1024.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| Error::usage(format!("bad size `{s}`: expected a number and a unit, e.g. 5GB or 500MiB")))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        other => {
+            return Err(Error::usage(format!(
+                "bad size `{s}`: unknown unit `{other}` (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+            )))
+        }
+    };
+    let bytes = (value * mult).round();
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(Error::usage(format!("bad size `{s}`: must be at least one byte")));
+    }
+    Ok(bytes as u64)
+}
+
+/// The `__metadata__` of an output: the source's map (so `format` and whatever the trainer
+/// recorded survive), plus where the file came from, so a checkpoint found later on disk says
+/// which `hft` made it and how.
+pub fn provenance(source: BTreeMap<String, String>, command: &str) -> BTreeMap<String, String> {
+    let mut m = source;
+    m.insert("hft_version".into(), env!("CARGO_PKG_VERSION").into());
+    m.insert("hft_command".into(), command.into());
+    m.entry("format".into()).or_insert_with(|| "pt".into());
+    m
+}
+
 /// A tensor to be written: what its header entry says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorSpec {
@@ -88,7 +134,7 @@ impl CheckpointWriter {
         if specs.is_empty() {
             return Err(Error::Internal("writer given no tensors".into()));
         }
-        let is_dir = !dest.extension().is_some_and(|e| e == "safetensors");
+        let is_dir = dest.extension().is_none_or(|e| e != "safetensors");
         if dest.exists() && !opts.force {
             let non_empty = if dest.is_dir() {
                 std::fs::read_dir(dest)
@@ -182,7 +228,7 @@ impl CheckpointWriter {
             let mut text = serde_json::to_string(&Value::Object(header))
                 .map_err(|e| Error::Internal(e.to_string()))?;
             // Pad so tensor data starts 8-byte aligned, as the reference writer does.
-            while (8 + text.len()) % 8 != 0 {
+            while !(8 + text.len()).is_multiple_of(8) {
                 text.push(' ');
             }
             let data_start = 8 + text.len() as u64;
@@ -389,5 +435,35 @@ fn absolute(p: &Path) -> PathBuf {
             }
             _ => return p,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_decimal_and_binary_units() {
+        assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5G").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("64 kib").unwrap(), 65536);
+        for bad in ["", "GB", "5XB", "0", "-1MB", "1.2.3GB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn provenance_keeps_source_metadata_and_adds_the_command() {
+        let mut src = BTreeMap::new();
+        src.insert("format".to_string(), "pt".to_string());
+        src.insert("trainer".to_string(), "x".to_string());
+        let m = provenance(src, "hft average a b");
+        assert_eq!(m["trainer"], "x");
+        assert_eq!(m["format"], "pt");
+        assert_eq!(m["hft_command"], "hft average a b");
+        assert_eq!(m["hft_version"], env!("CARGO_PKG_VERSION"));
     }
 }

@@ -35,9 +35,17 @@ fn llama_mistral_qwen2_names() {
                 ("model.layers.3.mlp.up_proj.weight", Some(3), FfnUp),
                 ("model.layers.3.mlp.down_proj.weight", Some(3), FfnDown),
                 ("model.layers.3.input_layernorm.weight", Some(3), Norm),
-                ("model.layers.3.post_attention_layernorm.weight", Some(3), Norm),
+                (
+                    "model.layers.3.post_attention_layernorm.weight",
+                    Some(3),
+                    Norm,
+                ),
                 ("model.layers.3.self_attn.q_proj.bias", Some(3), Bias),
-                ("model.layers.3.self_attn.rotary_emb.inv_freq", Some(3), Buffer),
+                (
+                    "model.layers.3.self_attn.rotary_emb.inv_freq",
+                    Some(3),
+                    Buffer,
+                ),
                 ("model.norm.weight", None, FinalNorm),
                 ("lm_head.weight", None, LmHead),
             ],
@@ -67,8 +75,16 @@ fn qwen3_and_gemma_norms() {
     check(
         &g,
         &[
-            ("model.layers.4.pre_feedforward_layernorm.weight", Some(4), Norm),
-            ("model.layers.4.post_feedforward_layernorm.weight", Some(4), Norm),
+            (
+                "model.layers.4.pre_feedforward_layernorm.weight",
+                Some(4),
+                Norm,
+            ),
+            (
+                "model.layers.4.post_feedforward_layernorm.weight",
+                Some(4),
+                Norm,
+            ),
             ("model.layers.4.input_layernorm.weight", Some(4), Norm),
             ("model.norm.weight", None, FinalNorm),
         ],
@@ -150,10 +166,7 @@ fn gpt2_with_and_without_prefix() {
     }
     // Conv1D is [in, out]: the weight splits along its last axis, the bias along its only one.
     let w = l.parts("h.0.attn.c_attn.weight", &[16, 48]).unwrap();
-    assert_eq!(
-        (w[1].axis, w[1].ranges.clone()),
-        (1, vec![(16, 32)])
-    );
+    assert_eq!((w[1].axis, w[1].ranges.clone()), (1, vec![(16, 32)]));
     let b = l.parts("h.0.attn.c_attn.bias", &[48]).unwrap();
     assert_eq!((b[2].axis, b[2].ranges.clone()), (0, vec![(32, 48)]));
 }
@@ -166,17 +179,28 @@ fn gpt_neox_per_head_split() {
         &l,
         &[
             ("gpt_neox.embed_in.weight", None, Embed),
-            ("gpt_neox.layers.1.attention.query_key_value.weight", Some(1), AttnQkv),
+            (
+                "gpt_neox.layers.1.attention.query_key_value.weight",
+                Some(1),
+                AttnQkv,
+            ),
             ("gpt_neox.layers.1.attention.dense.weight", Some(1), AttnO),
             ("gpt_neox.layers.1.mlp.dense_h_to_4h.weight", Some(1), FfnIn),
-            ("gpt_neox.layers.1.mlp.dense_4h_to_h.weight", Some(1), FfnOut),
+            (
+                "gpt_neox.layers.1.mlp.dense_4h_to_h.weight",
+                Some(1),
+                FfnOut,
+            ),
             ("gpt_neox.layers.1.attention.bias", Some(1), Buffer),
             ("gpt_neox.final_layer_norm.weight", None, FinalNorm),
             ("embed_out.weight", None, LmHead),
         ],
     );
     let p = l
-        .parts("gpt_neox.layers.0.attention.query_key_value.weight", &[24, 8])
+        .parts(
+            "gpt_neox.layers.0.attention.query_key_value.weight",
+            &[24, 8],
+        )
         .unwrap();
     assert_eq!(p[0].ranges, vec![(0, 4), (12, 16)]);
     assert_eq!(p[1].ranges, vec![(4, 8), (16, 20)]);
@@ -192,15 +216,26 @@ fn falcon_grouped_split() {
         &l,
         &[
             ("transformer.word_embeddings.weight", None, Embed),
-            ("transformer.h.0.self_attention.query_key_value.weight", Some(0), AttnQkv),
-            ("transformer.h.0.self_attention.dense.weight", Some(0), AttnO),
+            (
+                "transformer.h.0.self_attention.query_key_value.weight",
+                Some(0),
+                AttnQkv,
+            ),
+            (
+                "transformer.h.0.self_attention.dense.weight",
+                Some(0),
+                AttnO,
+            ),
             ("transformer.h.0.ln_attn.weight", Some(0), Norm),
             ("transformer.ln_f.weight", None, FinalNorm),
         ],
     );
     // head_dim 4, two groups of [q q k v].
     let p = l
-        .parts("transformer.h.0.self_attention.query_key_value.weight", &[32, 16])
+        .parts(
+            "transformer.h.0.self_attention.query_key_value.weight",
+            &[32, 16],
+        )
         .unwrap();
     assert_eq!(p[0].ranges, vec![(0, 8), (16, 24)]);
     assert_eq!(p[1].ranges, vec![(8, 12), (24, 28)]);
@@ -211,14 +246,23 @@ fn falcon_grouped_split() {
 fn detection_from_names_and_architectures() {
     let by_names = |names: &[&str]| Layout::detect(None, names.iter().copied()).family_name();
     assert_eq!(
-        by_names(&["model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.gate_proj.weight"]),
+        by_names(&[
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.mlp.gate_proj.weight"
+        ]),
         "llama"
     );
     assert_eq!(
-        by_names(&["model.layers.0.self_attn.q_proj.bias", "model.layers.0.mlp.gate_proj.weight"]),
+        by_names(&[
+            "model.layers.0.self_attn.q_proj.bias",
+            "model.layers.0.mlp.gate_proj.weight"
+        ]),
         "qwen2"
     );
-    assert_eq!(by_names(&["model.layers.0.self_attn.qkv_proj.weight"]), "phi3");
+    assert_eq!(
+        by_names(&["model.layers.0.self_attn.qkv_proj.weight"]),
+        "phi3"
+    );
     assert_eq!(
         by_names(&["gpt_neox.layers.0.attention.query_key_value.weight"]),
         "gpt_neox"
@@ -241,5 +285,8 @@ fn unknown_names_still_get_a_layer() {
         assert_eq!((r.layer, r.category), (layer, Other), "{n}");
     }
     // Known module names are still recognised through the fallback tables.
-    assert_eq!(l.role("model.layers.0.self_attn.q_proj.weight").category, AttnQ);
+    assert_eq!(
+        l.role("model.layers.0.self_attn.q_proj.weight").category,
+        AttnQ
+    );
 }

@@ -98,8 +98,16 @@ pub fn mask_count(r: f64, numel: u64) -> u64 {
 #[derive(Debug, Clone)]
 pub enum ElementFn {
     Const(bool),
-    Mask { key: u64, n: u64, k: u64 },
-    Rows { inner: usize, along: usize, hit: Vec<bool> },
+    Mask {
+        key: u64,
+        n: u64,
+        k: u64,
+    },
+    Rows {
+        inner: usize,
+        along: usize,
+        hit: Vec<bool>,
+    },
 }
 
 impl ElementFn {
@@ -107,7 +115,9 @@ impl ElementFn {
     pub fn trains(&self, i: usize) -> bool {
         match self {
             ElementFn::Const(b) => *b,
-            ElementFn::Mask { key, n, k } => *k >= *n || (*k > 0 && rng::permute(*key, *n, i as u64) < *k),
+            ElementFn::Mask { key, n, k } => {
+                *k >= *n || (*k > 0 && rng::permute(*key, *n, i as u64) < *k)
+            }
             ElementFn::Rows { inner, along, hit } => hit[(i / inner) % along],
         }
     }
@@ -125,7 +135,10 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    pub fn of<'a>(layout: &Layout, tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>) -> Self {
+    pub fn of<'a>(
+        layout: &Layout,
+        tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+    ) -> Self {
         let mut text = String::new();
         let mut count = 0;
         let mut params = 0u64;
@@ -255,7 +268,10 @@ impl Plan {
         problems.truncate(3);
         Err(Error::input(
             source,
-            format!("plan does not fit this model: {}{more}", problems.join("; ")),
+            format!(
+                "plan does not fit this model: {}{more}",
+                problems.join("; ")
+            ),
         ))
     }
 }
@@ -266,8 +282,17 @@ mod tests {
 
     #[test]
     fn mask_selects_exactly_round_ratio_times_numel() {
-        for (numel, ratio) in [(1000usize, 0.5), (1001, 0.5), (7, 0.3), (64, 0.0), (64, 1.0)] {
-            let e = Entry::Mask { mask: ratio, seed: 3 };
+        for (numel, ratio) in [
+            (1000usize, 0.5),
+            (1001, 0.5),
+            (7, 0.3),
+            (64, 0.0),
+            (64, 1.0),
+        ] {
+            let e = Entry::Mask {
+                mask: ratio,
+                seed: 3,
+            };
             let f = e.element_fn("w", &[numel]);
             let n = (0..numel).filter(|&i| f.trains(i)).count() as u64;
             assert_eq!(n, mask_count(ratio, numel as u64), "{numel} {ratio}");

@@ -192,7 +192,11 @@ pub fn table(r: &DiffReport, top: usize, sort: Option<SortKey>) -> String {
     );
     let layer_cats: Vec<Category> = Category::ALL
         .into_iter()
-        .filter(|c| r.cells.iter().any(|x| x.layer.is_some() && x.category == *c))
+        .filter(|c| {
+            r.cells
+                .iter()
+                .any(|x| x.layer.is_some() && x.category == *c)
+        })
         .collect();
     if !layer_cats.is_empty() {
         let _ = writeln!(o, "\nrelative change |B-A|/|A| per layer and category");

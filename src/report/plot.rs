@@ -124,7 +124,11 @@ pub fn heatmap(h: &Heatmap, path: &Path) -> Result<()> {
 pub fn diff_heatmap(r: &DiffReport) -> Heatmap {
     let cats: Vec<Category> = Category::ALL
         .into_iter()
-        .filter(|c| r.cells.iter().any(|x| x.layer.is_some() && x.category == *c))
+        .filter(|c| {
+            r.cells
+                .iter()
+                .any(|x| x.layer.is_some() && x.category == *c)
+        })
         .collect();
     let values = r
         .layers
@@ -142,7 +146,11 @@ pub fn diff_heatmap(r: &DiffReport) -> Heatmap {
         .collect();
     Heatmap {
         title: format!("relative change |B-A|/|A|: {} -> {}", r.a, r.b),
-        rows: r.layers.iter().map(|l| format!("layer {}", l.layer)).collect(),
+        rows: r
+            .layers
+            .iter()
+            .map(|l| format!("layer {}", l.layer))
+            .collect(),
         cols: cats.iter().map(|c| c.to_string()).collect(),
         values,
         legend: "rel_delta".into(),
