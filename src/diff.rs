@@ -99,6 +99,9 @@ impl DiffReport {
     }
 }
 
+/// Elements per block when walking a large tensor (8 MiB of BF16).
+const BLOCK: usize = 4 << 20;
+
 /// How a pair of same-named tensors is compared.
 enum Pairing {
     /// Numerically, over `rows` leading rows (all of them when shapes are equal).
@@ -266,7 +269,24 @@ fn compare_pair(
                 dtype::elem_bytes(ta.dtype).expect("float"),
                 dtype::elem_bytes(tb.dtype).expect("float"),
             );
-            let acc = stats::compare_float(&ba[..n * ea], ta.dtype, &bb[..n * eb], tb.dtype, n);
+            // Block by block, dropping each block's pages once done: two workers on two
+            // embedding matrices would otherwise keep ~4 x 130 MB mapped for a 7B model.
+            let mut acc = Acc::default();
+            let mut s = 0;
+            while s < n {
+                let e = (s + BLOCK).min(n);
+                let part = stats::compare_float(
+                    &ba[s * ea..e * ea],
+                    ta.dtype,
+                    &bb[s * eb..e * eb],
+                    tb.dtype,
+                    e - s,
+                );
+                acc.merge(&part);
+                a.release_range(ta, s * ea, e * ea);
+                b.release_range(tb, s * eb, e * eb);
+                s = e;
+            }
             let extra =
                 |t: &TensorInfo| (ta.shape != tb.shape).then(|| t.shape[0].saturating_sub(*rows));
             (acc, "numeric", extra(ta), extra(tb))

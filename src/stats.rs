@@ -42,7 +42,46 @@ impl Acc {
 
     /// Adds element pairs. A pair with a non-finite side is counted, not summed, so one NaN does
     /// not turn a layer's norm into NaN; it counts as changed unless both sides have the same bits.
+    ///
+    /// The loop is branch-free over `LANES` independent partial sums so the compiler vectorises
+    /// it; the lanes are added up at the end (a fixed order, so results are deterministic).
     pub fn push(&mut self, a: &[f64], b: &[f64]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { self.push_avx2(a, b) };
+        }
+        self.push_lanes(a, b)
+    }
+
+    /// The same loop compiled for AVX2 (no FMA: fused rounding would make figures depend on
+    /// the CPU). Lanes are explicit, so both builds sum in the same order and agree exactly.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn push_avx2(&mut self, a: &[f64], b: &[f64]) {
+        self.push_lanes(a, b)
+    }
+
+    /// Sums blocks of `BLOCK` pairs on a fast path that assumes finite values (NaN and Inf
+    /// propagate into the squares, so a non-finite block is detected afterwards and summed
+    /// again on the exact slow path). Four explicit lanes keep the summation order, and so the
+    /// result, the same on every CPU.
+    #[inline(always)]
+    fn push_lanes(&mut self, a: &[f64], b: &[f64]) {
+        const BLOCK: usize = 1024;
+        let n = a.len().min(b.len());
+        for (xa, xb) in a[..n].chunks(BLOCK).zip(b[..n].chunks(BLOCK)) {
+            let fast = fast_sums(xa, xb);
+            if fast.sum_a2.is_finite() && fast.sum_b2.is_finite() && fast.sum_d2.is_finite() {
+                self.merge(&fast);
+            } else {
+                self.push_exact(xa, xb);
+            }
+        }
+    }
+
+    /// Element by element, keeping non-finite pairs out of the sums.
+    fn push_exact(&mut self, a: &[f64], b: &[f64]) {
         for (&x, &y) in a.iter().zip(b) {
             self.numel += 1;
             let (fx, fy) = (x.is_finite(), y.is_finite());
@@ -57,11 +96,8 @@ impl Acc {
             self.sum_b2 += y * y;
             self.sum_d2 += d * d;
             self.dot += x * y;
-            let ad = d.abs();
-            self.sum_abs_d += ad;
-            if ad > self.max_abs_d {
-                self.max_abs_d = ad;
-            }
+            self.sum_abs_d += d.abs();
+            self.max_abs_d = self.max_abs_d.max(d.abs());
             self.changed += (x != y) as u64;
         }
     }
@@ -94,6 +130,57 @@ impl Acc {
     }
 }
 
+/// Sums of a block assuming every value is finite; see [`Acc::push`].
+#[inline(always)]
+fn fast_sums(a: &[f64], b: &[f64]) -> Acc {
+    const L: usize = 4;
+    let mut a2 = [0f64; L];
+    let mut b2 = [0f64; L];
+    let mut d2 = [0f64; L];
+    let mut ab = [0f64; L];
+    let mut ad = [0f64; L];
+    let mut mx = [0f64; L];
+    let mut ch = [0u64; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (xa, xb) in ca.zip(cb) {
+        for l in 0..L {
+            let (x, y) = (xa[l], xb[l]);
+            let d = y - x;
+            a2[l] += x * x;
+            b2[l] += y * y;
+            d2[l] += d * d;
+            ab[l] += x * y;
+            let m = d.abs();
+            ad[l] += m;
+            mx[l] = if m > mx[l] { m } else { mx[l] };
+            ch[l] += (x != y) as u64;
+        }
+    }
+    for (&x, &y) in ra.iter().zip(rb) {
+        let d = y - x;
+        a2[0] += x * x;
+        b2[0] += y * y;
+        d2[0] += d * d;
+        ab[0] += x * y;
+        ad[0] += d.abs();
+        mx[0] = if d.abs() > mx[0] { d.abs() } else { mx[0] };
+        ch[0] += (x != y) as u64;
+    }
+    Acc {
+        numel: a.len().min(b.len()) as u64,
+        sum_a2: a2.iter().sum(),
+        sum_b2: b2.iter().sum(),
+        sum_d2: d2.iter().sum(),
+        dot: ab.iter().sum(),
+        sum_abs_d: ad.iter().sum(),
+        max_abs_d: mx.iter().fold(0.0, |m, &x| if x > m { x } else { m }),
+        changed: ch.iter().sum(),
+        nonfinite_a: 0,
+        nonfinite_b: 0,
+    }
+}
+
 /// The figures reported per tensor, layer, category and in total.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 pub struct Figures {
@@ -119,26 +206,52 @@ pub fn compare_float(a: &[u8], da: DType, b: &[u8], db: DType, n: usize) -> Acc 
         dtype::elem_bytes(da).expect("float"),
         dtype::elem_bytes(db).expect("float"),
     );
-    let chunks = n.div_ceil(CHUNK);
-    (0..chunks)
+    (0..n.div_ceil(CHUNK))
         .into_par_iter()
-        .fold(
-            || (Acc::default(), vec![0f64; CHUNK], vec![0f64; CHUNK]),
-            |(mut acc, mut xa, mut xb), c| {
-                let s = c * CHUNK;
-                let e = (s + CHUNK).min(n);
-                let m = e - s;
-                dtype::decode_f64(da, &a[s * ea..e * ea], &mut xa[..m]);
-                dtype::decode_f64(db, &b[s * eb..e * eb], &mut xb[..m]);
-                acc.push(&xa[..m], &xb[..m]);
-                (acc, xa, xb)
-            },
-        )
-        .map(|(acc, _, _)| acc)
+        .map(|c| {
+            let s = c * CHUNK;
+            let e = (s + CHUNK).min(n);
+            let (sa, sb) = (&a[s * ea..e * ea], &b[s * eb..e * eb]);
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2, checked just above.
+                return unsafe { chunk_avx2(sa, da, sb, db, e - s) };
+            }
+            chunk(sa, da, sb, db, e - s)
+        })
         .reduce(Acc::default, |mut x, y| {
             x.merge(&y);
             x
         })
+}
+
+/// One chunk: decode into stack buffers (no allocation, stays in L1) and sum.
+#[inline(always)]
+fn chunk(a: &[u8], da: DType, b: &[u8], db: DType, n: usize) -> Acc {
+    const SUB: usize = 1024;
+    let (ea, eb) = (
+        dtype::elem_bytes(da).expect("float"),
+        dtype::elem_bytes(db).expect("float"),
+    );
+    let mut acc = Acc::default();
+    let (mut xa, mut xb) = ([0f64; SUB], [0f64; SUB]);
+    let mut s = 0;
+    while s < n {
+        let e = (s + SUB).min(n);
+        let m = e - s;
+        dtype::decode_f64(da, &a[s * ea..e * ea], &mut xa[..m]);
+        dtype::decode_f64(db, &b[s * eb..e * eb], &mut xb[..m]);
+        acc.push_lanes(&xa[..m], &xb[..m]);
+        s = e;
+    }
+    acc
+}
+
+/// [`chunk`] compiled for AVX2, decoding included (no FMA, so results match the generic build).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn chunk_avx2(a: &[u8], da: DType, b: &[u8], db: DType, n: usize) -> Acc {
+    chunk(a, da, b, db, n)
 }
 
 /// Compares two non-float tensors of `elem` bytes per element: counts differing elements.

@@ -312,10 +312,16 @@ impl Checkpoint {
     /// memory keeps a bounded resident set. The pages are file-backed and read-only: dropping
     /// them loses nothing, a later read faults them in again.
     pub fn release(&self, t: &TensorInfo) {
+        self.release_range(t, 0, t.nbytes());
+    }
+
+    /// Like [`Checkpoint::release`] for bytes `start..end` of a tensor, so a large tensor can
+    /// be dropped block by block while it is being walked.
+    pub fn release_range(&self, t: &TensorInfo, start: usize, end: usize) {
         const PAGE: usize = 4096;
         if let Some(map) = &self.shards[t.shard].map {
-            let start = t.start / PAGE * PAGE;
-            let end = t.end.div_ceil(PAGE) * PAGE;
+            let start = (t.start + start) / PAGE * PAGE;
+            let end = (t.start + end.min(t.nbytes())).div_ceil(PAGE) * PAGE;
             let end = end.min(map.len());
             if end > start {
                 // SAFETY: the map is a read-only shared file mapping; MADV_DONTNEED only drops

@@ -42,6 +42,7 @@ pub fn name(dtype: DType) -> String {
 }
 
 /// Decodes little-endian `bytes` of a float dtype into `out` (same element count).
+#[inline(always)]
 pub fn decode_f64(dtype: DType, bytes: &[u8], out: &mut [f64]) {
     match dtype {
         DType::BF16 => {
