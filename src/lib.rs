@@ -14,7 +14,11 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod select;
 pub mod stats;
+pub mod surgery;
 pub mod synth;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use error::{Error, Result};

@@ -237,6 +237,16 @@ fn plot_writes_an_svg_heatmap() {
     assert!(text.contains("layer 3") && text.contains("attn_q"));
     // Four layers x eight categories of cells, plus the legend.
     assert!(text.matches("<rect").count() >= 32);
+    let png = dir.path().join("heat.png");
+    hft()
+        .args(["diff", "-q", "--plot"])
+        .arg(&png)
+        .arg(f.join("llama-base"))
+        .arg(f.join("llama-tuned"))
+        .assert()
+        .success();
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     hft()
         .args(["diff", "--plot"])
         .arg(dir.path().join("heat.jpg"))
@@ -244,7 +254,7 @@ fn plot_writes_an_svg_heatmap() {
         .arg(f.join("llama-tuned"))
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("only .svg"));
+        .stderr(predicate::str::contains("must end in .svg or .png"));
 }
 
 #[test]

@@ -8,6 +8,15 @@ use clap::{Args, Parser, Subcommand};
 use crate::report::diff::{By, SortKey};
 use crate::report::Format;
 
+pub mod plan;
+pub use plan::PlanArgs;
+#[cfg(feature = "train")]
+mod run;
+mod surgery;
+#[cfg(feature = "train")]
+pub use run::RunArgs;
+pub use surgery::{AverageArgs, MergeArgs, MergeMethod, OutputArgs, ResetArgs, ResetStrategy};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hft",
@@ -34,6 +43,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Diff(DiffArgs),
+    Reset(ResetArgs),
+    Average(AverageArgs),
+    Merge(MergeArgs),
+    Plan(PlanArgs),
+    #[cfg(feature = "train")]
+    Run(RunArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
         shell: clap_complete::Shell,
@@ -69,7 +84,7 @@ pub struct DiffArgs {
     /// How many tensors the table lists as most changed.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
-    /// Also write a heatmap of relative change (layers x categories) to this .svg file.
+    /// Also write a heatmap of relative change (layers x categories) to this .svg or .png file.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
 }

@@ -1,6 +1,11 @@
 //! One function per subcommand: turns parsed arguments into library calls and returns what
 //! goes to stdout. Notes for humans go to stderr.
 
+mod plan;
+#[cfg(feature = "train")]
+mod run;
+mod surgery;
+
 use crate::cli::{Command, DiffArgs};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
@@ -11,6 +16,12 @@ use crate::report::{self, diff::By, Format};
 pub fn run(cmd: &Command, quiet: bool) -> Result<String> {
     match cmd {
         Command::Diff(a) => diff(a, quiet),
+        Command::Reset(a) => surgery::reset(a, quiet),
+        Command::Average(a) => surgery::average(a, quiet),
+        Command::Merge(a) => surgery::merge(a, quiet),
+        Command::Plan(a) => plan::plan(a, quiet),
+        #[cfg(feature = "train")]
+        Command::Run(a) => run::run(a, quiet),
         Command::Completions { .. } => Err(Error::Internal("completions handled by main".into())),
     }
 }

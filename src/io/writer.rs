@@ -30,9 +30,11 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| Error::usage(format!("bad size `{s}`: expected a number and a unit, e.g. 5GB or 500MiB")))?;
+    let value: f64 = num.parse().map_err(|_| {
+        Error::usage(format!(
+            "bad size `{s}`: expected a number and a unit, e.g. 5GB or 500MiB"
+        ))
+    })?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -45,13 +47,15 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "tib" => 1024.0f64.powi(4),
         other => {
             return Err(Error::usage(format!(
-                "bad size `{s}`: unknown unit `{other}` (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
-            )))
+            "bad size `{s}`: unknown unit `{other}` (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+        )))
         }
     };
     let bytes = (value * mult).round();
     if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
-        return Err(Error::usage(format!("bad size `{s}`: must be at least one byte")));
+        return Err(Error::usage(format!(
+            "bad size `{s}`: must be at least one byte"
+        )));
     }
     Ok(bytes as u64)
 }
@@ -273,6 +277,48 @@ impl CheckpointWriter {
             .map_err(|e| Error::io(self.shard_path(slot.shard), e))
     }
 
+    /// Copies `len` bytes of file `src` from byte `src_offset` to byte `offset` inside tensor
+    /// `index`, inside the kernel (`copy_file_range` through `std::io::copy`): a tensor taken
+    /// unchanged from an input never passes through user space, which roughly halves the cost
+    /// of a reset. Safe from many threads for disjoint ranges: each call has its own handles.
+    pub fn copy_from(
+        &self,
+        index: usize,
+        offset: usize,
+        src: &Path,
+        src_offset: u64,
+        len: usize,
+    ) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let slot = self.slots[index];
+        if offset + len > slot.len {
+            return Err(Error::Internal(format!(
+                "copy past the end of tensor `{}`",
+                self.specs[index].name
+            )));
+        }
+        let dst_path = self.shard_path(slot.shard);
+        let mut input = File::open(src).map_err(|e| Error::io(src, e))?;
+        input
+            .seek(SeekFrom::Start(src_offset))
+            .map_err(|e| Error::io(src, e))?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dst_path)
+            .map_err(|e| Error::io(&dst_path, e))?;
+        out.seek(SeekFrom::Start(slot.offset + offset as u64))
+            .map_err(|e| Error::io(&dst_path, e))?;
+        let copied = std::io::copy(&mut input.take(len as u64), &mut out)
+            .map_err(|e| Error::io(&dst_path, e))?;
+        if copied != len as u64 {
+            return Err(Error::input(
+                src,
+                format!("shrank while being read: {copied} of {len} bytes copied"),
+            ));
+        }
+        Ok(())
+    }
+
     fn shard_path(&self, shard: usize) -> PathBuf {
         if self.is_dir {
             self.tmp.join(&self.shards[shard].name)
@@ -345,6 +391,12 @@ impl CheckpointWriter {
             let path = self.tmp.join(INDEX_NAME);
             let text = serde_json::to_string_pretty(&index).expect("JSON");
             std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+        }
+        let empty_dir = self.dest.is_dir()
+            && std::fs::read_dir(&self.dest).is_ok_and(|mut d| d.next().is_none());
+        if empty_dir {
+            // An empty directory made for us (`mkdir out && hft ... -o out`) is no one's data.
+            std::fs::remove_dir(&self.dest).map_err(|e| Error::io(&self.dest, e))?;
         }
         if self.dest.exists() {
             if !self.force {

@@ -7,12 +7,15 @@
 //! and shape (the fingerprint), and it is a pure function of its inputs: the same model,
 //! strategy, ratio, seed and stage always give the same file.
 
+pub mod export;
+
 use std::path::Path;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::io::checkpoint::natural_cmp;
 use crate::layout::Layout;
 use crate::rng;
 
@@ -130,20 +133,24 @@ pub struct Fingerprint {
     pub family: String,
     pub tensors: usize,
     pub params: u64,
-    /// FNV-1a 64 (hex) over `name:dim,dim,...;` of every tensor in natural name order.
+    /// FNV-1a 64 (hex) over `name:dim,dim,...;` of every tensor in natural name order. A
+    /// hand-written plan may leave it empty: it is then checked by tensor names only.
     pub hash: String,
 }
 
 impl Fingerprint {
+    /// The fingerprint of a model's tensors, in any order: names are sorted (naturally, as
+    /// [`crate::io::Checkpoint`] lists them) before hashing, so a plan made from a config.json
+    /// and one made from the checkpoint itself agree.
     pub fn of<'a>(
         layout: &Layout,
         tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
     ) -> Self {
+        let mut list: Vec<(&str, &[usize])> = tensors.into_iter().collect();
+        list.sort_by(|a, b| natural_cmp(a.0, b.0));
         let mut text = String::new();
-        let mut count = 0;
         let mut params = 0u64;
-        for (name, shape) in tensors {
-            count += 1;
+        for (name, shape) in &list {
             params += shape.iter().product::<usize>() as u64;
             text.push_str(name);
             text.push(':');
@@ -153,11 +160,26 @@ impl Fingerprint {
         }
         Fingerprint {
             family: layout.family_name().to_string(),
-            tensors: count,
+            tensors: list.len(),
             params,
             hash: format!("{:016x}", rng::fnv1a64(&text)),
         }
     }
+}
+
+/// A layer schedule (LISA): the trainable layers change every `interval` optimizer steps. The
+/// plan's `tensors` section is the state during period `period`; `periods[p]` lists the layers
+/// that train in period `p` (steps `p*interval .. (p+1)*interval`). In every period, a tensor
+/// inside a layer trains whole iff its layer is listed; tensors outside the layers keep their
+/// entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    pub kind: String,
+    pub interval: u64,
+    pub layers: usize,
+    pub period: u64,
+    pub periods: Vec<Vec<usize>>,
 }
 
 /// Trainable and total parameters of a group (the whole model, a layer, a category).
@@ -192,6 +214,14 @@ pub struct Plan {
     /// How the strategy rounded or adjusted (e.g. per-category counts at ratios other than 0.5).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Selection settings beyond strategy/ratio/seed/stage that shaped the draw (balance,
+    /// include/exclude regexes, embedding/head/norm overrides, the diff a `delta` plan came
+    /// from), so a plan file says how to make it again.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub options: IndexMap<String, serde_json::Value>,
+    /// Present for schedules (`lisa`): the trainable set changes during the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
     pub summary: Summary,
     pub tensors: IndexMap<String, Entry>,
 }
@@ -234,9 +264,10 @@ impl Plan {
         tensors: impl IntoIterator<Item = (&'a str, &'a [usize])>,
     ) -> Result<()> {
         let mut problems = Vec::new();
-        let mut seen = 0usize;
-        for (name, shape) in tensors {
-            seen += 1;
+        let list: Vec<(&str, &[usize])> = tensors.into_iter().collect();
+        let seen = list.len();
+        let names: std::collections::HashSet<&str> = list.iter().map(|(n, _)| *n).collect();
+        for &(name, shape) in &list {
             match self.tensors.get(name) {
                 None => problems.push(format!("`{name}` is not in the plan")),
                 Some(Entry::Rows { axis, rows }) => {
@@ -251,11 +282,26 @@ impl Plan {
                 Some(_) => {}
             }
         }
-        if seen != self.tensors.len() {
-            problems.push(format!(
-                "the plan lists {} tensors, the model has {seen}",
-                self.tensors.len()
-            ));
+        for name in self.tensors.keys() {
+            if !names.contains(name.as_str()) {
+                problems.push(format!("`{name}` is in the plan but not in the model"));
+            }
+        }
+        if problems.is_empty() && !self.model.hash.is_empty() {
+            // Names agree; shapes are only in the fingerprint. The family name does not enter
+            // the hash, so any layout will do here.
+            let layout = Layout {
+                family: None,
+                dims: Default::default(),
+            };
+            let fp = Fingerprint::of(&layout, list.iter().copied());
+            if fp.hash != self.model.hash {
+                problems.push(format!(
+                    "tensor shapes differ from the model the plan was made for \
+                     (fingerprint {} in the plan, {} here; {seen} tensors, {} parameters here)",
+                    self.model.hash, fp.hash, fp.params
+                ));
+            }
         }
         if problems.is_empty() {
             return Ok(());
@@ -346,6 +392,8 @@ mod tests {
                 hash: "00".into(),
             },
             notes: vec![],
+            options: IndexMap::new(),
+            schedule: None,
             summary: Summary::default(),
             tensors,
         };

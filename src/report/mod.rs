@@ -2,6 +2,7 @@
 //! module only decides how figures look.
 
 pub mod diff;
+pub mod plan;
 pub mod plot;
 
 use serde::Serialize;

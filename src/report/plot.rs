@@ -6,6 +6,7 @@ use plotters::prelude::*;
 
 use crate::diff::DiffReport;
 use crate::error::{Error, Result};
+use crate::io::atomic;
 use crate::layout::Category;
 
 /// A matrix to draw as a heatmap: rows top to bottom, columns left to right.
@@ -36,17 +37,58 @@ fn colour(t: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
-/// Writes `h` to `path` (`.svg`).
+/// Writes `h` to `path`: `.svg`, or `.png` (the SVG rasterised with resvg; text uses the
+/// system's fonts, so on a machine without any the labels are missing and a note says so).
 pub fn heatmap(h: &Heatmap, path: &Path) -> Result<()> {
+    let svg = heatmap_svg(h)?;
+    write_plot(&svg, path)
+}
+
+/// Writes an SVG document to `path` as SVG or PNG, chosen by the extension.
+pub fn write_plot(svg: &str, path: &Path) -> Result<()> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    if ext.as_deref() != Some("svg") {
-        return Err(Error::usage(format!(
-            "plot `{}`: only .svg is supported (convert to PNG with any SVG tool, e.g. `rsvg-convert`)",
+    match ext.as_deref() {
+        Some("svg") => atomic::write_file(path, svg.as_bytes()),
+        Some("png") => atomic::write_file(path, &rasterise(svg, path)?),
+        _ => Err(Error::usage(format!(
+            "plot `{}`: the file name must end in .svg or .png",
             path.display()
-        )));
+        ))),
     }
+}
+
+fn rasterise(svg: &str, path: &Path) -> Result<Vec<u8>> {
+    use resvg::{tiny_skia, usvg};
+    let mut opt = usvg::Options::default();
+    let db = opt.fontdb_mut();
+    db.load_system_fonts();
+    // plotters asks for "sans-serif"; point it at a sans face that exists here.
+    let sans = db
+        .faces()
+        .flat_map(|f| f.families.iter().map(|(n, _)| n.clone()))
+        .find(|n| n.contains("Sans") && !n.contains("Mono"));
+    if let Some(family) = sans {
+        db.set_sans_serif_family(family);
+    } else if db.is_empty() {
+        eprintln!("hft: note: no system fonts found; the PNG has no labels (use .svg)");
+    }
+    let fail = |e: String| Error::io(path, std::io::Error::other(e));
+    let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| fail(e.to_string()))?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = tiny_skia::Pixmap::new(size.width(), size.height())
+        .ok_or_else(|| fail("empty plot".into()))?;
+    resvg::render(
+        &tree,
+        tiny_skia::Transform::identity(),
+        &mut pixmap.as_mut(),
+    );
+    pixmap.encode_png().map_err(|e| fail(e.to_string()))
+}
+
+/// Renders `h` as an SVG document.
+pub fn heatmap_svg(h: &Heatmap) -> Result<String> {
     let cell_w = 64u32;
     let cell_h = 18u32.max(320 / h.rows.len().max(1) as u32).min(28);
     let left = 90u32;
@@ -61,8 +103,9 @@ pub fn heatmap(h: &Heatmap, path: &Path) -> Result<()> {
         .copied()
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max);
-    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (width, height)).into_drawing_area();
+    let mut svg = String::new();
+    let mut draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
         root.fill(&WHITE)?;
         let font = ("sans-serif", 14).into_font();
         let small = ("sans-serif", 11).into_font();
@@ -117,7 +160,8 @@ pub fn heatmap(h: &Heatmap, path: &Path) -> Result<()> {
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
+    draw().map_err(|e| Error::Internal(format!("plot: {e}")))?;
+    Ok(svg)
 }
 
 /// The `hft diff --plot` heatmap: layers down, categories across, colour = relative change.

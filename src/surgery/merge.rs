@@ -1,0 +1,211 @@
+//! Merge methods over a BASE and N fine-tunes of it: task arithmetic, TIES, DARE, and
+//! selective (per-element) merging.
+//!
+//! Inputs are ordered `[BASE, M1, ..., Mn]` for the task-vector methods (task vector
+//! `dᵢ = Mᵢ − BASE`) and `[M1, ..., Mn]` for select. Every random draw is a pure function of
+//! (seed, tensor name, element index) through [`crate::rng`], so a merge is reproducible on any
+//! machine, in any thread order:
+//!
+//! * DARE drops element `j` of task vector `i` (0-based) when
+//!   `uniform(key(seed, name), j * n + i) < p`, `n` the number of task vectors.
+//! * select takes element `j` from the first model `i` with `uniform(key(seed, name), j) <
+//!   p₀ + ... + pᵢ`.
+
+use super::radix::{abs_bits, delta_thresholds};
+use super::{Combine, TensorOp, TensorView};
+use crate::error::{Error, Result};
+use crate::plan::mask_count;
+use crate::rng;
+
+/// `BASE + λ Σ wᵢ dᵢ`, optionally with DARE's drop-and-rescale of each dᵢ first.
+#[derive(Debug, Clone)]
+pub struct TaskArithmetic {
+    pub weights: Vec<f32>,
+    pub lambda: f32,
+    /// DARE: (drop rate p, seed). Kept entries are scaled by `1 / (1 - p)`.
+    pub dare: Option<(f64, u64)>,
+}
+
+impl TaskArithmetic {
+    pub fn new(weights: Vec<f64>, lambda: f64) -> Self {
+        TaskArithmetic {
+            weights: weights.iter().map(|&w| w as f32).collect(),
+            lambda: lambda as f32,
+            dare: None,
+        }
+    }
+
+    /// DARE at drop rate `p` (in [0, 1]); `p = 1` drops everything (the result is BASE).
+    pub fn dare(weights: Vec<f64>, lambda: f64, p: f64, seed: u64) -> Result<Self> {
+        check_unit("--drop", p)?;
+        let mut t = Self::new(weights, lambda);
+        t.dare = Some((p, seed));
+        Ok(t)
+    }
+}
+
+impl Combine for TaskArithmetic {
+    fn tensor<'a>(&'a self, t: &TensorView<'a>) -> Result<TensorOp<'a>> {
+        let n = self.weights.len();
+        check_inputs(t, n + 1)?;
+        let lambda = self.lambda;
+        match self.dare {
+            None => Ok(TensorOp::Values(Box::new(move |_, ins, out| {
+                for (j, o) in out.iter_mut().enumerate() {
+                    let b = ins[0][j];
+                    let mut acc = 0f32;
+                    for (i, w) in self.weights.iter().enumerate() {
+                        acc += w * (ins[i + 1][j] - b);
+                    }
+                    *o = b + lambda * acc;
+                }
+            }))),
+            Some((p, seed)) => {
+                let key = rng::key(seed, t.name);
+                let scale = if p < 1.0 {
+                    (1.0 / (1.0 - p)) as f32
+                } else {
+                    0.0
+                };
+                Ok(TensorOp::Values(Box::new(move |start, ins, out| {
+                    for (j, o) in out.iter_mut().enumerate() {
+                        let b = ins[0][j];
+                        let idx = ((start + j) * n) as u64;
+                        let mut acc = 0f32;
+                        for (i, w) in self.weights.iter().enumerate() {
+                            if rng::uniform(key, idx + i as u64) >= p {
+                                acc += w * (ins[i + 1][j] - b);
+                            }
+                        }
+                        *o = b + lambda * scale * acc;
+                    }
+                })))
+            }
+        }
+    }
+}
+
+/// TIES-merging (Yadav et al. 2023): trim each task vector to its `density` largest
+/// magnitudes, elect a sign per element by the sign of Σ wᵢ dᵢ over the trimmed vectors (ties
+/// go to +), and take the weighted mean of the entries that agree with it (disjoint mean):
+/// `BASE + λ Σ_{agree} wᵢ dᵢ / Σ_{agree} wᵢ`. Entries tied with the k-th largest magnitude
+/// are all kept; zero entries never vote.
+#[derive(Debug, Clone)]
+pub struct Ties {
+    pub weights: Vec<f32>,
+    pub lambda: f32,
+    pub density: f64,
+}
+
+impl Ties {
+    pub fn new(weights: Vec<f64>, lambda: f64, density: f64) -> Result<Self> {
+        check_unit("--density", density)?;
+        Ok(Ties {
+            weights: weights.iter().map(|&w| w as f32).collect(),
+            lambda: lambda as f32,
+            density,
+        })
+    }
+}
+
+impl Combine for Ties {
+    fn tensor<'a>(&'a self, t: &TensorView<'a>) -> Result<TensorOp<'a>> {
+        let n = self.weights.len();
+        check_inputs(t, n + 1)?;
+        let k = mask_count(self.density, t.numel as u64);
+        let thresholds = delta_thresholds(t, &vec![k; n]);
+        let lambda = self.lambda;
+        Ok(TensorOp::Values(Box::new(move |_, ins, out| {
+            let mut wd = vec![0f32; n];
+            for (j, o) in out.iter_mut().enumerate() {
+                let b = ins[0][j];
+                let mut sum = 0f32;
+                for i in 0..n {
+                    let d = ins[i + 1][j] - b;
+                    let keep = thresholds[i].is_some_and(|th| abs_bits(d) >= th);
+                    wd[i] = if keep { self.weights[i] * d } else { 0.0 };
+                    sum += wd[i];
+                }
+                let positive = sum >= 0.0;
+                let (mut num, mut den) = (0f32, 0f32);
+                for (x, w) in wd.iter().zip(&self.weights) {
+                    if *x != 0.0 && (*x > 0.0) == positive {
+                        num += x;
+                        den += w;
+                    }
+                }
+                let mixed = if den != 0.0 { num / den } else { 0.0 };
+                *o = b + lambda * mixed;
+            }
+        })))
+    }
+}
+
+/// Selective merging: each element comes whole from one model, model `i` with probability
+/// `pᵢ`. Two models at (0.5, 0.5) is an element-level half-reset.
+#[derive(Debug, Clone)]
+pub struct Select {
+    /// Cumulative probabilities, the last exactly 1.
+    cumulative: Vec<f64>,
+    pub seed: u64,
+}
+
+impl Select {
+    /// `probs` are normalised to sum to one; negative entries or a zero sum are refused.
+    pub fn new(probs: &[f64], seed: u64) -> Result<Self> {
+        if probs.len() > 255 {
+            return Err(Error::usage("select merges at most 255 models"));
+        }
+        if probs.iter().any(|p| *p < 0.0) {
+            return Err(Error::usage("--probs must not be negative"));
+        }
+        let probs = super::normalize(probs, "--probs")?;
+        let mut acc = 0.0;
+        let mut cumulative: Vec<f64> = probs
+            .iter()
+            .map(|p| {
+                acc += p;
+                acc
+            })
+            .collect();
+        *cumulative.last_mut().expect("non-empty") = 1.0;
+        Ok(Select { cumulative, seed })
+    }
+}
+
+impl Combine for Select {
+    fn tensor<'a>(&'a self, t: &TensorView<'a>) -> Result<TensorOp<'a>> {
+        check_inputs(t, self.cumulative.len())?;
+        if let Some(i) = self.cumulative.iter().position(|&c| c >= 1.0) {
+            if i == 0 || self.cumulative[i - 1] <= 0.0 {
+                // A single model with probability 1: every draw picks it.
+                return Ok(TensorOp::Copy(i));
+            }
+        }
+        let key = rng::key(self.seed, t.name);
+        Ok(TensorOp::Pick(Box::new(move |start, sel| {
+            for (j, s) in sel.iter_mut().enumerate() {
+                let u = rng::uniform(key, (start + j) as u64);
+                *s = self.cumulative.iter().position(|&c| u < c).unwrap_or(0) as u8;
+            }
+        })))
+    }
+}
+
+fn check_inputs(t: &TensorView, expected: usize) -> Result<()> {
+    if t.n_inputs() != expected {
+        return Err(Error::Internal(format!(
+            "merge of `{}` got {} inputs, expected {expected}",
+            t.name,
+            t.n_inputs()
+        )));
+    }
+    Ok(())
+}
+
+fn check_unit(flag: &str, v: f64) -> Result<()> {
+    if !(0.0..=1.0).contains(&v) {
+        return Err(Error::usage(format!("{flag} must be in [0, 1], got {v}")));
+    }
+    Ok(())
+}
