@@ -8,6 +8,8 @@ pub mod cli;
 pub mod commands;
 pub mod diff;
 pub mod error;
+#[cfg(feature = "train")]
+pub mod import;
 pub mod io;
 pub mod layout;
 pub mod plan;

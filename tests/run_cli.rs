@@ -37,6 +37,9 @@ stages:
     tasks: [pairs]
     LR_LINE
     data: [{path: pairs.jsonl, batch: 2}, {path: text.jsonl, batch: 1}]
+post:
+  - {kind: reset, strategy: category, ratio: 0.5, seed: 1}
+  - {kind: average, alphas: [0.5], base: a}
 ";
 
 fn setup(dir: &Path, lr_line: &str) {
@@ -45,7 +48,14 @@ fn setup(dir: &Path, lr_line: &str) {
         ..ModelSpec::llama(16, 2, 4, 2, 24)
     };
     if !dir.join("model").exists() {
-        write_model(&spec, &dir.join("model"), 1, None, &WriterOptions::default()).unwrap();
+        write_model(
+            &spec,
+            &dir.join("model"),
+            1,
+            None,
+            &WriterOptions::default(),
+        )
+        .unwrap();
     }
     std::fs::write(
         dir.join("text.jsonl"),
@@ -72,7 +82,15 @@ fn stages_write_checkpoints_that_diff_loads_and_reports() {
         .stdout(predicate::str::contains("## R: exact match"))
         .stdout(predicate::str::contains("| 1 b |"));
     let out = d.path().join("out");
-    for f in ["00-a/model.safetensors", "00-a/config.json", "00-a/plan.yaml", "01-b/model.safetensors", "report.json", "report.md", "run.json"] {
+    for f in [
+        "00-a/model.safetensors",
+        "00-a/config.json",
+        "00-a/plan.yaml",
+        "01-b/model.safetensors",
+        "report.json",
+        "report.md",
+        "run.json",
+    ] {
         assert!(out.join(f).is_file(), "{f}");
     }
     // Written in the model's own dtype, loadable by `hft diff`.
@@ -92,8 +110,33 @@ fn stages_write_checkpoints_that_diff_loads_and_reports() {
     assert_eq!(stages[0]["plan"]["strategy"], "full");
     assert_eq!(stages[1]["plan"]["strategy"], "category");
     assert!(stages[1]["plan"]["fraction"].as_f64().unwrap() < 1.0);
-    assert!(stages[1]["change"]["frozen_changed"].as_array().unwrap().is_empty());
+    assert!(stages[1]["change"]["frozen_changed"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert!(r["metrics"]["exact_match"]["diagonal"]["pairs"].is_number());
+    let post: Vec<&str> = r["post"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(post, ["reset-category-0.5", "average-0.5-from-a"]);
+    assert!(out
+        .join("post/average-0.5-from-a/model.safetensors")
+        .is_file());
+    // Deterministic given the seeds: a second run gives the same bytes.
+    hft()
+        .current_dir(d.path())
+        .args(["run", "r.yaml", "-q", "-o", "again"])
+        .assert()
+        .success();
+    // (The metadata records the command line, so compare the tensors.)
+    let a = hft::io::Checkpoint::open(out.join("01-b")).unwrap();
+    let b = hft::io::Checkpoint::open(d.path().join("again/01-b")).unwrap();
+    for t in a.tensors() {
+        assert!(a.bytes(t) == b.bytes(b.get(&t.name).unwrap()), "{}", t.name);
+    }
     // A second run into the same output must be asked for.
     hft()
         .current_dir(d.path())
@@ -112,7 +155,9 @@ fn nan_loss_stops_the_stage_and_resume_continues_after_the_last_good_one() {
         .args(["run", "r.yaml", "-q"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("stage `b`: the training loss became"))
+        .stderr(predicate::str::contains(
+            "stage `b`: the training loss became",
+        ))
         .stderr(predicate::str::contains("at step"));
     let out = d.path().join("out");
     assert!(out.join("00-a/model.safetensors").is_file());
@@ -126,7 +171,10 @@ fn nan_loss_stops_the_stage_and_resume_continues_after_the_last_good_one() {
         .success()
         .stderr(predicate::str::contains("resuming after stage `a`"));
     assert!(out.join("01-b/model.safetensors").is_file());
-    assert_eq!(std::fs::read(out.join("00-a/model.safetensors")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(out.join("00-a/model.safetensors")).unwrap(),
+        before
+    );
 }
 
 #[test]
@@ -140,7 +188,13 @@ fn compare_runs_each_strategy_and_shares_pinned_stages() {
         .success()
         .stdout(predicate::str::contains("| category |"));
     let out = d.path().join("out");
-    for f in ["compare.md", "compare.json", "compare.svg", "full/report.md", "category/01-b/model.safetensors"] {
+    for f in [
+        "compare.md",
+        "compare.json",
+        "compare.svg",
+        "full/report.md",
+        "category/01-b/model.safetensors",
+    ] {
         assert!(out.join(f).is_file(), "{f}");
     }
     let a = std::fs::read(out.join("full/00-a/model.safetensors")).unwrap();
@@ -158,30 +212,50 @@ fn bad_input_is_reported_with_where_it_is() {
     setup(d.path(), "lr: 1.0e-2");
     let run = |recipe: &str| {
         std::fs::write(d.path().join("bad.yaml"), recipe).unwrap();
-        hft().current_dir(d.path()).args(["run", "bad.yaml"]).assert().code(2)
+        hft()
+            .current_dir(d.path())
+            .args(["run", "bad.yaml"])
+            .assert()
+            .code(2)
     };
     let ok = RECIPE.replace("LR_LINE", "lr: 1.0e-2");
-    run(&ok.replace("  steps: 3\n", "  steps: 3\n  stpes: 4\n"))
-        .stderr(predicate::str::contains("unknown field `stpes`").and(predicate::str::contains("line 5")));
+    run(&ok.replace("  steps: 3\n", "  steps: 3\n  stpes: 4\n")).stderr(
+        predicate::str::contains("unknown field `stpes`").and(predicate::str::contains("line 6")),
+    );
     run(&ok.replace("path: pairs.jsonl, batch", "path: missing.jsonl, batch"))
         .stderr(predicate::str::contains("missing.jsonl not found"));
-    std::fs::write(d.path().join("broken.jsonl"), "{\"text\":\"ok\"}\n{\"text\": nope}\n").unwrap();
-    run(&ok.replace("path: pairs.jsonl, batch", "path: broken.jsonl, batch"))
-        .stderr(predicate::str::contains("broken.jsonl: line 2: not valid JSON"));
+    std::fs::write(
+        d.path().join("broken.jsonl"),
+        "{\"text\":\"ok\"}\n{\"text\": nope}\n",
+    )
+    .unwrap();
+    run(&ok.replace("path: pairs.jsonl, batch", "path: broken.jsonl, batch")).stderr(
+        predicate::str::contains("broken.jsonl: line 2: not valid JSON"),
+    );
     run(&ok.replace("seq_len: 32", "seq_len: 8"))
         .stderr(predicate::str::contains("more than the sequence length 8"));
     run(&ok.replace("model: model", "model: nowhere"))
         .stderr(predicate::str::contains("nowhere not found"));
     // A plan made for another model.
     let other = ModelSpec::llama(32, 2, 4, 2, 24);
-    write_model(&other, &d.path().join("other"), 1, None, &WriterOptions::default()).unwrap();
+    write_model(
+        &other,
+        &d.path().join("other"),
+        1,
+        None,
+        &WriterOptions::default(),
+    )
+    .unwrap();
     hft()
         .current_dir(d.path())
         .args(["plan", "other", "-o", "other.plan.yaml"])
         .assert()
         .success();
-    run(&ok.replace("    tasks: [pairs]\n", "    tasks: [pairs]\n    plan: {file: other.plan.yaml}\n"))
-        .stderr(predicate::str::contains("other.plan.yaml"));
+    run(&ok.replace(
+        "    tasks: [pairs]\n",
+        "    tasks: [pairs]\n    plan: {file: other.plan.yaml}\n",
+    ))
+    .stderr(predicate::str::contains("other.plan.yaml"));
     hft()
         .current_dir(d.path())
         .args(["run", "r.yaml", "--device", "cuda"])

@@ -8,11 +8,15 @@ use clap::{Args, Parser, Subcommand};
 use crate::report::diff::{By, SortKey};
 use crate::report::Format;
 
+#[cfg(feature = "train")]
+mod import;
 pub mod plan;
 pub use plan::PlanArgs;
 #[cfg(feature = "train")]
 mod run;
 mod surgery;
+#[cfg(feature = "train")]
+pub use import::{ImportArgs, LogitsArgs};
 #[cfg(feature = "train")]
 pub use run::RunArgs;
 pub use surgery::{AverageArgs, MergeArgs, MergeMethod, OutputArgs, ResetArgs, ResetStrategy};
@@ -49,6 +53,11 @@ pub enum Command {
     Plan(PlanArgs),
     #[cfg(feature = "train")]
     Run(RunArgs),
+    #[cfg(feature = "train")]
+    Import(ImportArgs),
+    #[cfg(feature = "train")]
+    #[command(hide = true)]
+    Logits(LogitsArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
         shell: clap_complete::Shell,

