@@ -10,7 +10,7 @@ use clap::Args;
 /// Weights are dequantised (F32, F16, BF16, Q4_0..Q8_0 and the K-quants) and written tensor by
 /// tensor with Hugging Face names; llama.cpp's rotary row permutation of Q and K is undone. The
 /// output gets config.json, generation_config.json, and a tokenizer.json built from the GGUF
-/// vocabulary (with tokenizer_config.json holding the chat template). See docs/import.md.
+/// vocabulary (with tokenizer_config.json holding the chat template). See the README (`hft import`).
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     hft import SmolLM2-135M-Instruct.Q4_1.gguf -o models/smollm2-135m\n  \

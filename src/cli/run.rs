@@ -8,7 +8,7 @@ use clap::Args;
 /// stage, and report forgetting (R matrix, OP, BWT, loss rise, step time, memory).
 ///
 /// The recipe (YAML) names the model, tokenizer, stages (data, steps, learning rate, plan),
-/// eval sets, post-hoc baselines and the output directory; see docs/run.md. The output gets a
+/// eval sets, post-hoc baselines and the output directory; see the README (`hft run`). The output gets a
 /// checkpoint per stage (loadable by `hft diff`), each stage's plan, run.json (the state that
 /// --resume continues from), report.json and report.md. With --compare, one run per strategy
 /// under OUTPUT/STRATEGY plus compare.md, compare.json and compare.svg.

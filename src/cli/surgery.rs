@@ -84,7 +84,7 @@ pub struct ResetArgs {
 ///
 /// Every float tensor becomes Σ wᵢ Mᵢ, computed in f32 and rounded once to the output dtype.
 /// Weights are normalised to sum to 1 unless --no-normalize. Per-layer and per-category weights
-/// come from a YAML file (--config): see docs/surgery.md. Config, tokenizer and metadata come
+/// come from a YAML file (--config): see the README (`hft average`). Config, tokenizer and metadata come
 /// from the first model.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
