@@ -33,7 +33,7 @@ use serde_json::{json, Map};
 
 use crate::error::{Error, Result};
 use crate::io::dtype::{encode_f32, DType, CHUNK};
-use crate::io::writer::{provenance, CheckpointWriter, TensorSpec, WriterOptions};
+use crate::io::writer::{provenance, resolve_path, CheckpointWriter, TensorSpec, WriterOptions};
 use crate::progress::Progress;
 
 /// The only GGUF architecture imported: the family `hft run` trains and whose tensors map
@@ -549,34 +549,6 @@ pub fn unpermute_rows(vals: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
     out
 }
 
-/// Canonical path of `p`, or of its deepest existing ancestor with the rest appended (for an
-/// output that does not exist yet).
-fn resolved(p: &Path) -> PathBuf {
-    let abs = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(p)
-    };
-    let mut tail = Vec::new();
-    let mut cur = abs.as_path();
-    loop {
-        if let Ok(c) = cur.canonicalize() {
-            let mut r = c;
-            for t in tail.iter().rev() {
-                r.push(t);
-            }
-            return r;
-        }
-        match (cur.parent(), cur.file_name()) {
-            (Some(parent), Some(name)) => {
-                tail.push(name.to_os_string());
-                cur = parent;
-            }
-            _ => return abs,
-        }
-    }
-}
-
 /// Imports `gguf` into the directory `out`.
 pub fn import(gguf: &Path, out: &Path, o: &ImportOptions) -> Result<ImportSummary> {
     let start = Instant::now();
@@ -589,8 +561,8 @@ pub fn import(gguf: &Path, out: &Path, o: &ImportOptions) -> Result<ImportSummar
     if !matches!(o.dtype, DType::F32 | DType::BF16 | DType::F16) {
         return Err(Error::usage("--dtype: expected f32, bf16 or f16"));
     }
-    let src = resolved(gguf);
-    let dst = resolved(out);
+    let src = resolve_path(gguf);
+    let dst = resolve_path(out);
     if src == dst || src.starts_with(&dst) {
         return Err(Error::usage(format!(
             "output `{}` would overwrite or contain the input `{}`; choose another output",

@@ -440,15 +440,15 @@ fn remove_path(p: &Path) -> Result<()> {
 /// Refuses an output that would overwrite or live inside an input, or contain one (with
 /// `--force` that would delete it). Paths are compared after resolving symlinks.
 pub fn check_output_path(out: &Path, inputs: &[&Checkpoint]) -> Result<()> {
-    let out_abs = absolute(out);
+    let out_abs = resolve_path(out);
     for ck in inputs {
-        let mut paths = vec![absolute(&ck.source)];
+        let mut paths = vec![resolve_path(&ck.source)];
         if let Some(d) = &ck.dir {
             if ck.source.is_dir() || ck.sharded {
-                paths.push(absolute(d));
+                paths.push(resolve_path(d));
             }
         }
-        paths.extend(ck.shards.iter().map(|s| absolute(&s.path)));
+        paths.extend(ck.shards.iter().map(|s| resolve_path(&s.path)));
         for p in paths {
             if out_abs == p || out_abs.starts_with(&p) || p.starts_with(&out_abs) {
                 return Err(Error::usage(format!(
@@ -464,7 +464,7 @@ pub fn check_output_path(out: &Path, inputs: &[&Checkpoint]) -> Result<()> {
 
 /// Canonical form of a path that may not exist yet: its deepest existing ancestor is
 /// canonicalised and the rest appended.
-fn absolute(p: &Path) -> PathBuf {
+pub fn resolve_path(p: &Path) -> PathBuf {
     let p = if p.is_absolute() {
         p.to_path_buf()
     } else {
