@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
@@ -100,22 +100,36 @@ pub struct Example {
     pub completion: bool,
 }
 
-/// Reads a JSONL file. Every line must be `{"text"}` or `{"prompt","completion"}`; errors name
-/// the line. An example longer than `max_len` tokens (BOS and EOS included) is an error too.
-pub fn read_jsonl(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec<Example>> {
+/// The JSON objects of a JSONL file with their line numbers (blank lines skipped); a line that is
+/// not a JSON object is an error naming it. Every data reader of the trainer starts here.
+pub fn jsonl_objects(path: &Path) -> Result<Vec<(usize, Map<String, Value>)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let ln = i + 1;
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |msg: String| Error::input(path, format!("line {ln}: {msg}"));
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| bad("expected a JSON object".into()))?;
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| line_error(path, i + 1, format!("not valid JSON: {e}")))?;
+        match v {
+            Value::Object(obj) => out.push((i + 1, obj)),
+            _ => return Err(line_error(path, i + 1, "expected a JSON object".into())),
+        }
+    }
+    Ok(out)
+}
+
+/// An input error about line `ln` of `path`.
+pub fn line_error(path: &Path, ln: usize, msg: String) -> Error {
+    Error::input(path, format!("line {ln}: {msg}"))
+}
+
+/// Reads a JSONL file. Every line must be `{"text"}` or `{"prompt","completion"}`; errors name
+/// the line. An example longer than `max_len` tokens (BOS and EOS included) is an error too.
+pub fn read_jsonl(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec<Example>> {
+    let mut out = Vec::new();
+    for (ln, obj) in jsonl_objects(path)? {
+        let bad = |msg: String| line_error(path, ln, msg);
         let field = |k: &str| -> Result<Option<&str>> {
             match obj.get(k) {
                 None => Ok(None),

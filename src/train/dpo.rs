@@ -17,7 +17,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::data::{Batch, Example, Tokenizer};
+use super::data::{jsonl_objects, line_error, Batch, Example, Tokenizer};
 use super::eval;
 use super::model::Llama;
 use super::TrainError;
@@ -48,18 +48,9 @@ fn side(prompt: &[u32], completion: Vec<u32>, tok: &Tokenizer) -> Example {
 
 /// Reads preference pairs; errors name the line.
 pub fn read_pairs(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec<Pair>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |msg: String| Error::input(path, format!("line {}: {msg}", i + 1));
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| bad("expected a JSON object".into()))?;
+    for (ln, obj) in jsonl_objects(path)? {
+        let bad = |msg: String| line_error(path, ln, msg);
         for k in obj.keys() {
             if !["prompt", "chosen", "rejected"].contains(&k.as_str()) {
                 return Err(bad(format!(

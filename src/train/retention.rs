@@ -19,7 +19,7 @@ use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::data::{Batch, Example, Tokenizer};
+use super::data::{jsonl_objects, line_error, Batch, Example, Tokenizer};
 use super::eval::{self, Score};
 use super::model::Llama;
 use super::TrainError;
@@ -27,25 +27,17 @@ use crate::error::{Error, Result};
 
 /// Reads a retention set: examples whose weights cover the answer tokens only (no EOS).
 pub fn read_facts(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |msg: String| Error::input(path, format!("line {}: {msg}", i + 1));
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    for (ln, v) in jsonl_objects(path)? {
+        let bad = |msg: String| line_error(path, ln, msg);
         let field = |k: &str| match v.get(k) {
             Some(Value::String(s)) => Ok(s.as_str()),
             _ => Err(bad(format!(
                 "a retention fact needs string fields `prompt` and `completion` (missing `{k}`)"
             ))),
         };
-        if let Some(o) = v.as_object() {
-            if let Some(k) = o.keys().find(|k| *k != "prompt" && *k != "completion") {
-                return Err(bad(format!("unknown field `{k}`")));
-            }
+        if let Some(k) = v.keys().find(|k| *k != "prompt" && *k != "completion") {
+            return Err(bad(format!("unknown field `{k}`")));
         }
         let (p, c) = (field("prompt")?, field("completion")?);
         let mut tokens: Vec<u32> = tok.bos().into_iter().collect();
