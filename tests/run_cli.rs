@@ -186,12 +186,14 @@ fn compare_runs_each_strategy_and_shares_pinned_stages() {
         .args(["run", "r.yaml", "--compare", "full,category", "-q"])
         .assert()
         .success()
-        .stdout(predicate::str::contains("| category |"));
+        .stdout(predicate::str::contains("| category | recipe |"))
+        .stdout(predicate::str::contains("No sweep"));
     let out = d.path().join("out");
     for f in [
-        "compare.md",
-        "compare.json",
-        "compare.svg",
+        "report.md",
+        "report.json",
+        "learn-forget.svg",
+        "heatmap.svg",
         "full/report.md",
         "category/01-b/model.safetensors",
     ] {
@@ -200,10 +202,164 @@ fn compare_runs_each_strategy_and_shares_pinned_stages() {
     let a = std::fs::read(out.join("full/00-a/model.safetensors")).unwrap();
     let b = std::fs::read(out.join("category/00-a/model.safetensors")).unwrap();
     assert_eq!(a, b);
-    let c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("compare.json")).unwrap()).unwrap();
-    assert_eq!(c["runs"][1]["stages"][0]["shared_from"], "full");
-    assert_eq!(c["rows"][0]["mean_trainable_fraction"], 1.0);
+    let state = json(&out.join("category/run.json"));
+    assert_eq!(state["stages"][0]["shared_from"], "full");
+    assert_eq!(state["stages"][1]["shared_from"], serde_json::Value::Null);
+    let c = json(&out.join("report.json"));
+    assert_eq!(c["cells"][0]["trainable"], 1.0);
+    assert!(c["cells"][1]["trainable"].as_f64().unwrap() < 1.0);
+}
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[cfg(unix)]
+fn inode(p: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap())
+}
+
+/// Two stages with a task each, so forgetting of the first is measured (exact match).
+fn setup_grid(dir: &Path) {
+    setup(dir, "lr: 1.0e-2");
+    std::fs::write(
+        dir.join("other.jsonl"),
+        "{\"prompt\":\"k:ef=\",\"completion\":\"56\"}\n{\"prompt\":\"k:gh=\",\"completion\":\"78\"}\n",
+    )
+    .unwrap();
+    let r = RECIPE
+        .replace("LR_LINE", "lr: 1.0e-2")
+        .replace("  - {name: pairs, path: pairs.jsonl}\n", "  - {name: pairs, path: pairs.jsonl}\n  - {name: other, path: other.jsonl}\n")
+        .replace("    tasks: [text]\n    data: [{path: text.jsonl, batch: 2}]", "    tasks: [pairs]\n    data: [{path: pairs.jsonl, batch: 2}, {path: text.jsonl, batch: 1}]")
+        .replace("    tasks: [pairs]\n    lr", "    tasks: [other]\n    lr")
+        .replace("data: [{path: pairs.jsonl, batch: 2}, {path: text.jsonl, batch: 1}]\npost", "data: [{path: other.jsonl, batch: 2}, {path: text.jsonl, batch: 1}]\npost");
+    assert!(
+        r.contains("tasks: [other]") && r.contains("path: other.jsonl, batch: 2"),
+        "{r}"
+    );
+    std::fs::write(dir.join("r.yaml"), r).unwrap();
+}
+
+#[test]
+fn a_sweep_over_seeds_runs_every_cell_trains_shared_stages_once_and_resumes() {
+    let d = tempfile::tempdir().unwrap();
+    setup_grid(d.path());
+    let args = [
+        "run",
+        "r.yaml",
+        "--compare",
+        "full,category",
+        "--sweep",
+        "lr=3e-3,x3",
+        "--seeds",
+        "1,2",
+    ];
+    let first = hft().current_dir(d.path()).args(args).assert().success();
+    let err = String::from_utf8(first.get_output().stderr.clone()).unwrap();
+    // One progress line per run, and the grid's plan up front.
+    assert_eq!(err.matches("hft: [").count(), 8, "{err}");
+    assert!(
+        err.contains("8 runs") && err.contains("10 of 16 stages to train, 6 shared"),
+        "{err}"
+    );
+    let out = d.path().join("out");
+    let mut trained_a = 0;
+    for s in ["full", "category"] {
+        for lr in ["lr=3e-3", "lr=x3"] {
+            for seed in ["seed-1", "seed-2"] {
+                let run = out.join(s).join(lr).join(seed);
+                let state = json(&run.join("run.json"));
+                assert_eq!(state["stages"].as_array().unwrap().len(), 2, "{run:?}");
+                if state["stages"][0]["shared_from"].is_null() {
+                    trained_a += 1;
+                }
+                assert!(state["stages"][1]["shared_from"].is_null());
+                assert!(run.join("report.md").is_file());
+            }
+        }
+    }
+    // Stage `a` is pinned and the sweep leaves it alone: trained once per seed.
+    assert_eq!(trained_a, 2);
+    #[cfg(unix)]
+    {
+        let ck = |p: &str| out.join(p).join("00-a/model.safetensors");
+        assert_eq!(
+            inode(&ck("full/lr=3e-3/seed-1")),
+            inode(&ck("category/lr=x3/seed-1"))
+        );
+        assert_ne!(
+            std::fs::read(ck("full/lr=3e-3/seed-1")).unwrap(),
+            std::fs::read(ck("full/lr=3e-3/seed-2")).unwrap()
+        );
+    }
+    let rep = json(&out.join("report.json"));
+    assert_eq!(rep["runs"].as_array().unwrap().len(), 8);
+    assert_eq!(rep["cells"].as_array().unwrap().len(), 4);
+    assert_eq!(rep["cells"][0]["seeds"], 2);
+    assert_eq!(rep["cells"][0]["learned"]["n"], 2);
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("## At equal learning") && md.contains("| full | lr=x3 |"),
+        "{md}"
+    );
+    let svg = std::fs::read_to_string(out.join("learn-forget.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("category"), "{svg}");
+
+    // Again without --resume: refused, nothing touched.
+    hft()
+        .current_dir(d.path())
+        .args(args)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--resume"));
+    // With --resume and one run's report gone: only that run continues; the rest is read back.
+    std::fs::remove_file(out.join("category/lr=x3/seed-2/report.json")).unwrap();
+    let again = hft()
+        .current_dir(d.path())
+        .args(args)
+        .args(["--resume", "--match-at", "0.5", "--plot", "lf.png"])
+        .assert()
+        .success();
+    let err = String::from_utf8(again.get_output().stderr.clone()).unwrap();
+    assert_eq!(
+        err.matches("finished earlier, read back").count(),
+        7,
+        "{err}"
+    );
+    let png = std::fs::read(d.path().join("lf.png")).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let rep = json(&out.join("report.json"));
+    assert_eq!(rep["matched"][0]["level"], 0.5);
+}
+
+#[test]
+fn parallel_runs_give_the_same_results_as_one_at_a_time() {
+    let d = tempfile::tempdir().unwrap();
+    setup_grid(d.path());
+    let grid = |jobs: &str, out: &str| {
+        hft()
+            .current_dir(d.path())
+            .args([
+                "run",
+                "r.yaml",
+                "--compare",
+                "full,category",
+                "--seeds",
+                "0,1",
+            ])
+            .args(["--jobs", jobs, "-o", out, "-q"])
+            .assert()
+            .success();
+        let r = json(&d.path().join(out).join("report.json"));
+        r["runs"].clone()
+    };
+    let one = grid("1", "one");
+    let two = grid("2", "two");
+    for (a, b) in one.as_array().unwrap().iter().zip(two.as_array().unwrap()) {
+        for k in ["dir", "learned", "forgot", "loss_rise", "text_loss"] {
+            assert_eq!(a[k], b[k], "{k}");
+        }
+    }
 }
 
 #[test]
@@ -262,4 +418,28 @@ fn bad_input_is_reported_with_where_it_is() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("cuda"));
+}
+
+#[test]
+fn bf16_products_train_on_the_cpu_and_bad_precisions_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path(), "lr: 1.0e-2");
+    hft()
+        .current_dir(d.path())
+        .args(["run", "r.yaml", "--precision", "bf16", "-q"])
+        .assert()
+        .success();
+    // The run checks itself that frozen tensors are unchanged; the stage trained something.
+    let r = json(&d.path().join("out/report.json"));
+    assert!(r["stages"][1]["change"]["rel_delta"].as_f64().unwrap() > 0.0);
+    assert!(r["stages"][1]["change"]["frozen_changed"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    hft()
+        .current_dir(d.path())
+        .args(["run", "r.yaml", "--precision", "f8", "--force"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("expected f32, bf16 or f16"));
 }

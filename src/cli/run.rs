@@ -10,12 +10,19 @@ use clap::Args;
 /// The recipe (YAML) names the model, tokenizer, stages (data, steps, learning rate, plan),
 /// eval sets, post-hoc baselines and the output directory; see the README (`hft run`). The output gets a
 /// checkpoint per stage (loadable by `hft diff`), each stage's plan, run.json (the state that
-/// --resume continues from), report.json and report.md. With --compare, one run per strategy
-/// under OUTPUT/STRATEGY plus compare.md, compare.json and compare.svg.
+/// --resume continues from), report.json and report.md.
+///
+/// With --compare, --sweep or --seeds, one run per cell of the grid under
+/// OUTPUT/STRATEGY[/KEY=VALUE][/seed-N]; stages that are identical across cells (the same seed,
+/// settings and plan from the same start) train once and are linked into the others. OUTPUT
+/// then gets the grid's report.md (forgetting compared at equal learning, mean ± sd over
+/// seeds), report.json, learn-forget.svg and heatmap.svg.
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     hft run recipes/tiny-continual.yaml --threads 2\n  \
     hft run recipes/tiny-continual.yaml --compare full,category,layer,element\n  \
+    hft run recipes/tiny-continual.yaml --compare full,category --sweep lr=1e-4,3e-4,1e-3 --seeds 0,1,2\n  \
+    hft run recipes/tiny-continual.yaml --compare full,category --sweep lr=x0.3,x1,x3\n  \
     hft run my.yaml --device cuda --resume")]
 pub struct RunArgs {
     /// The recipe file.
@@ -24,7 +31,29 @@ pub struct RunArgs {
     /// not pin its own; one row per strategy in compare.md.
     #[arg(long, value_delimiter = ',', value_name = "STRATEGIES")]
     pub compare: Vec<String>,
-    /// Continue after the last finished stage of an earlier run in the same output.
+    /// Run every cell once per value of one numeric stage field: KEY=V1,V2,... sets it on every
+    /// stage without a plan of its own (the stages --compare varies), STAGE.KEY=... on one
+    /// stage; a value written xF multiplies each stage's own. Keys: lr, steps, warmup, min_lr,
+    /// weight_decay, clip, accumulate, seq_len, beta (dpo stages), ratio (the plan's).
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    pub sweep: Option<String>,
+    /// Run every cell once per seed (the recipe's `seed`; explicit plan and reset seeds move by
+    /// the same offset) and report mean ± standard deviation.
+    #[arg(long, value_delimiter = ',', value_name = "SEEDS")]
+    pub seeds: Vec<u64>,
+    /// Levels of learning (mean exact match of the tasks trained) at which to compare
+    /// forgetting; default: the quartiles of the range every strategy's sweep covers.
+    #[arg(long, value_delimiter = ',', value_name = "LEVELS")]
+    pub match_at: Vec<f64>,
+    /// Runs at once (each with --threads threads); default: one per --threads cores, keeping a
+    /// core free, so a 2-core machine runs one at a time.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs: Option<u64>,
+    /// Also write the learn-versus-forget plot here (.svg or .png).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Continue after the last finished stage of an earlier run in the same output (for a grid:
+    /// finished runs are read back, unfinished ones continue, missing ones start).
     #[arg(long)]
     pub resume: bool,
     /// Replace an earlier run in the output.
@@ -33,6 +62,11 @@ pub struct RunArgs {
     /// Output directory (default: the recipe's `output`).
     #[arg(long, short, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// The dtype of matrix products: f32, or bf16/f16 (autocast: master weights, gradients,
+    /// optimizer state, norms, softmax and loss stay f32); replaces the recipe's `precision`.
+    /// bf16 pays on a GPU; on a CPU it is slower than f32.
+    #[arg(long, value_name = "DTYPE")]
+    pub precision: Option<String>,
     /// cpu, or cuda[:N] (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,

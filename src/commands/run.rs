@@ -18,6 +18,13 @@ pub fn run(a: &RunArgs, quiet: bool) -> Result<String> {
     let o = Options {
         device,
         compare: a.compare.clone(),
+        sweep: a.sweep.clone(),
+        seeds: a.seeds.clone(),
+        match_at: a.match_at.clone(),
+        jobs: a.jobs.map(|j| j as usize),
+        threads: rayon::current_num_threads(),
+        plot: a.plot.clone(),
+        precision: a.precision.clone(),
         output: a.output.clone(),
         resume: a.resume,
         force: a.force,
@@ -26,6 +33,6 @@ pub fn run(a: &RunArgs, quiet: bool) -> Result<String> {
     };
     Ok(match train::run(&a.recipe, &o)? {
         Outcome::One(r) => r.markdown(),
-        Outcome::Compare(c) => c.markdown(),
+        Outcome::Grid(g) => g.markdown(),
     })
 }

@@ -10,6 +10,7 @@ use crate::io::atomic;
 use crate::layout::Category;
 
 /// A matrix to draw as a heatmap: rows top to bottom, columns left to right.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Heatmap {
     pub title: String,
     pub rows: Vec<String>,
@@ -199,4 +200,140 @@ pub fn diff_heatmap(r: &DiffReport) -> Heatmap {
         values,
         legend: "rel_delta".into(),
     }
+}
+
+/// Curves of points with error bars: one series per name, in a shared x-y frame.
+pub struct Curves {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// Dashed vertical lines (the levels a comparison is read at).
+    pub vlines: Vec<f64>,
+}
+
+pub struct Series {
+    pub name: String,
+    /// In the order the line joins them.
+    pub points: Vec<CurvePoint>,
+}
+
+pub struct CurvePoint {
+    pub x: f64,
+    pub y: f64,
+    /// Half-widths of the error bars (none: no bar).
+    pub x_err: Option<f64>,
+    pub y_err: Option<f64>,
+    /// Written next to the point.
+    pub label: String,
+}
+
+/// Ten categorical colours (Tableau's), distinct in hue and lightness.
+const PALETTE: [(u8, u8, u8); 10] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+];
+
+/// Renders `c` as an SVG document.
+pub fn curves_svg(c: &Curves) -> Result<String> {
+    let pts = || c.series.iter().flat_map(|s| s.points.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for p in pts() {
+        let (ex, ey) = (p.x_err.unwrap_or(0.0), p.y_err.unwrap_or(0.0));
+        x0 = x0.min(p.x - ex);
+        x1 = x1.max(p.x + ex);
+        y0 = y0.min(p.y - ey);
+        y1 = y1.max(p.y + ey);
+    }
+    for &v in &c.vlines {
+        x0 = x0.min(v);
+        x1 = x1.max(v);
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let pad = |a: f64, b: f64| {
+        let d = (b - a).max(0.02) * 0.08;
+        (a - d, b + d)
+    };
+    let (x0, x1) = pad(x0, x1);
+    let (y0, y1) = pad(y0, y1);
+    let mut svg = String::new();
+    let mut draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::with_string(&mut svg, (760, 520)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&c.title, ("sans-serif", 16))
+            .margin(14)
+            .x_label_area_size(44)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        chart
+            .configure_mesh()
+            .x_desc(c.x_label.as_str())
+            .y_desc(c.y_label.as_str())
+            .label_style(("sans-serif", 12))
+            .light_line_style(WHITE)
+            .draw()?;
+        let grey = RGBColor(150, 150, 150);
+        for &v in &c.vlines {
+            let steps = 30;
+            for k in (0..steps).step_by(2) {
+                let a = y0 + (y1 - y0) * k as f64 / steps as f64;
+                let b = y0 + (y1 - y0) * (k + 1) as f64 / steps as f64;
+                chart.draw_series(LineSeries::new([(v, a), (v, b)], grey))?;
+            }
+        }
+        for (i, s) in c.series.iter().enumerate() {
+            let (r, g, b) = PALETTE[i % PALETTE.len()];
+            let col = RGBColor(r, g, b);
+            chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().map(|p| (p.x, p.y)),
+                    col.stroke_width(2),
+                ))?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], col.stroke_width(2)));
+            for p in &s.points {
+                if let Some(e) = p.y_err.filter(|e| *e > 0.0) {
+                    chart.draw_series(LineSeries::new([(p.x, p.y - e), (p.x, p.y + e)], col))?;
+                }
+                if let Some(e) = p.x_err.filter(|e| *e > 0.0) {
+                    chart.draw_series(LineSeries::new([(p.x - e, p.y), (p.x + e, p.y)], col))?;
+                }
+            }
+            chart.draw_series(
+                s.points
+                    .iter()
+                    .map(|p| Circle::new((p.x, p.y), 4, col.filled())),
+            )?;
+            chart.draw_series(s.points.iter().filter(|p| !p.label.is_empty()).map(|p| {
+                EmptyElement::at((p.x, p.y))
+                    + Text::new(
+                        p.label.clone(),
+                        (7, -15),
+                        ("sans-serif", 11).into_font().color(&col),
+                    )
+            }))?;
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.85))
+            .label_font(("sans-serif", 12))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| Error::Internal(format!("plot: {e}")))?;
+    Ok(svg)
 }

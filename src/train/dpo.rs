@@ -414,7 +414,15 @@ mod tests {
         assert!((before.loss - 2f64.ln()).abs() < 1e-6, "{before:?}");
         assert!(before.margin.abs() < 1e-6);
         let mut objective = Objective::new(&data, &spec);
-        let t = train_stage(start, &spec, &mut objective, 258, 0, true).unwrap();
+        let t = train_stage(
+            start,
+            &spec,
+            &mut objective,
+            258,
+            0,
+            crate::train::stage::Log::Quiet,
+        )
+        .unwrap();
         // The stage scored the pairs it drew, with the starting weights: the same reference.
         let Objective::Dpo { refs: used, .. } = &objective else {
             panic!("a dpo objective")

@@ -7,7 +7,7 @@
 //! gradient only and skips the weight-gradient product (a third of a linear layer's work).
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, Var};
 
 /// One model parameter: frozen (a plain tensor, no gradient, no optimizer state) or trainable.
 #[derive(Debug, Clone)]
@@ -32,18 +32,34 @@ impl Param {
 /// `y = x Wᵀ (+ b)` for `x` of shape `[..., in]` and `W` of shape `[out, in]`. With `grad`
 /// false (evaluation) a frozen weight goes through the plain matmul: there is no backward.
 pub fn linear(x: &Tensor, w: &Param, b: Option<&Param>, grad: bool) -> Result<Tensor> {
+    linear_in(x, w, b, grad, x.dtype())
+}
+
+/// [`linear`] with the product computed in `compute` (autocast): `x` and `W` are cast to it,
+/// the result cast back to `x`'s dtype before the bias is added. The casts are differentiable,
+/// so the gradient reaches the f32 master variable in f32; a frozen weight is cast afresh each
+/// call, so the f32 values written to the checkpoint are never rounded.
+pub fn linear_in(
+    x: &Tensor,
+    w: &Param,
+    b: Option<&Param>,
+    grad: bool,
+    compute: DType,
+) -> Result<Tensor> {
+    let master = x.dtype();
     let dims = x.dims().to_vec();
     let (inp, lead) = match dims.split_last() {
         Some((i, lead)) => (*i, lead.to_vec()),
         None => candle_core::bail!("linear on a scalar"),
     };
     let rows: usize = lead.iter().product();
-    let x2 = x.reshape((rows, inp))?;
+    let x2 = cast(&x.reshape((rows, inp))?, compute)?;
     let y = match w {
-        Param::Train(v) => x2.matmul(&v.as_tensor().t()?)?,
-        Param::Frozen(t) if grad => frozen_matmul(&x2, t)?,
-        Param::Frozen(t) => x2.matmul(&t.t()?)?,
+        Param::Train(v) => x2.matmul(&cast(v.as_tensor(), compute)?.t()?)?,
+        Param::Frozen(t) if grad => frozen_matmul(&x2, &cast(t, compute)?)?,
+        Param::Frozen(t) => x2.matmul(&cast(t, compute)?.t()?)?,
     };
+    let y = cast(&y, master)?;
     let y = match b {
         Some(b) => y.broadcast_add(b.tensor())?,
         None => y,
@@ -52,6 +68,15 @@ pub fn linear(x: &Tensor, w: &Param, b: Option<&Param>, grad: bool) -> Result<Te
     let mut shape = lead;
     shape.push(out);
     y.reshape(shape)
+}
+
+/// `t` in `dtype` (the same tensor when it already is).
+pub fn cast(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    if t.dtype() == dtype {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(dtype)
+    }
 }
 
 /// `x Wᵀ` for `x` `[n, in]` and `W` `[out, in]`, with a backward that produces the gradient of

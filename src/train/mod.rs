@@ -6,12 +6,16 @@
 //! (JSONL and tokenizers), [`recipe`] (the YAML recipe), [`eval`] (loss and exact match),
 //! [`stage`] (the stage loop), [`report`] (R matrices, OP/BWT, report.json/report.md),
 //! [`dpo`] (the `dpo` stage kind), [`retention`] (the knowledge-retention eval kind) and
-//! [`bundle`] (the bundled tiny recipe's model and data).
+//! [`bundle`] (the bundled tiny recipe's model and data), [`grid`] (strategies × a swept
+//! field × seeds, with shared stages trained once) and [`compare`] (the grid's report: spread
+//! over seeds, forgetting at equal learning, the learn-versus-forget plot).
 
 pub mod bundle;
+pub mod compare;
 pub mod data;
 pub mod dpo;
 pub mod eval;
+pub mod grid;
 pub mod linear;
 pub mod model;
 pub mod ops;
@@ -28,9 +32,11 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use crate::error::{Error, Result};
+use compare::GridReport;
+use grid::{Grid, GridOptions, Sweep};
 use recipe::Recipe;
-use report::{CompareReport, RunReport};
-use stage::{RunOptions, RUN_STATE};
+use report::RunReport;
+use stage::{Log, RunOptions};
 
 /// Maps candle's errors into the library's: a candle failure is ours, not the user's.
 pub struct TrainError;
@@ -80,14 +86,28 @@ fn cuda(_ordinal: usize) -> Result<Device> {
 /// What `hft run` did.
 pub enum Outcome {
     One(Box<RunReport>),
-    Compare(Box<CompareReport>),
+    Grid(Box<GridReport>),
 }
 
 /// Settings of `hft run` besides the recipe.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub device: Device,
+    /// Strategies to compare (`--compare`).
     pub compare: Vec<String>,
+    /// `--sweep KEY=V1,V2,...`.
+    pub sweep: Option<String>,
+    pub seeds: Vec<u64>,
+    /// Levels of learning for the matched view (default: from the sweep).
+    pub match_at: Vec<f64>,
+    /// Runs at once (None: [`grid::auto_jobs`]).
+    pub jobs: Option<usize>,
+    /// Threads per run.
+    pub threads: usize,
+    /// Replaces the recipe's `precision` (f32, bf16, f16).
+    pub precision: Option<String>,
+    /// Another copy of the learn-versus-forget plot (.svg or .png).
+    pub plot: Option<PathBuf>,
     pub output: Option<PathBuf>,
     pub resume: bool,
     pub force: bool,
@@ -110,92 +130,56 @@ pub fn tune_allocator() {
     }
 }
 
-/// Runs a recipe once, or once per strategy of `compare` (each under `output/STRATEGY`). Under
-/// `--compare`, the leading stages that pin their own plan are identical for every strategy, so
-/// they are trained once and copied (marked `shared` in the report).
+/// Runs a recipe once, or (with `--compare`, `--sweep` or `--seeds`) once per cell of the
+/// grid, each under `output/STRATEGY[/KEY=VALUE][/seed-N]`, with the grid's report at `output`.
 pub fn run(recipe_path: &Path, o: &Options) -> Result<Outcome> {
-    let recipe = Recipe::read(recipe_path)?;
+    let mut recipe = Recipe::read(recipe_path)?;
+    if let Some(p) = &o.precision {
+        recipe::parse_precision(Some(p)).map_err(|m| Error::usage(format!("--precision: {m}")))?;
+        recipe.precision = Some(p.clone());
+    }
     tune_allocator();
     let output = o.output.clone().unwrap_or_else(|| recipe.output.clone());
-    if o.compare.is_empty() {
+    let g = Grid {
+        strategies: o.compare.clone(),
+        sweep: o.sweep.as_deref().map(Sweep::parse).transpose()?,
+        seeds: o.seeds.clone(),
+    };
+    if g.strategies.is_empty() && g.sweep.is_none() && g.seeds.is_empty() {
+        if o.plot.is_some() || !o.match_at.is_empty() {
+            return Err(Error::usage(
+                "--plot and --match-at need a grid: --compare, --sweep or --seeds",
+            ));
+        }
         let opts = RunOptions {
             device: o.device.clone(),
             strategy: None,
             output: output.clone(),
             resume: o.resume,
             force: o.force,
-            quiet: o.quiet,
+            log: if o.quiet { Log::Quiet } else { Log::Lines },
             command: o.command.clone(),
         };
         let r = stage::run(&recipe, recipe_path, &opts)?;
         report::write_run(&r, &output)?;
         return Ok(Outcome::One(Box::new(r)));
     }
-    for s in &o.compare {
-        recipe::parse_strategy(s).map_err(Error::usage)?;
-    }
-    let shared = recipe
-        .stages
-        .iter()
-        .take_while(|s| s.plan.is_some())
-        .count();
-    let mut runs: Vec<RunReport> = Vec::new();
-    for s in &o.compare {
-        let out = output.join(s);
-        let mut resume = o.resume;
-        if let Some(first) = runs.first() {
-            let fresh = !(o.resume && out.join(RUN_STATE).is_file());
-            if fresh && shared > 0 {
-                seed_shared(first, &output.join(&first.strategy), &out, s, shared)?;
-                resume = true;
-            }
-        }
-        if !o.quiet {
-            eprintln!("hft: === strategy {s} -> {} ===", out.display());
-        }
-        let opts = RunOptions {
-            device: o.device.clone(),
-            strategy: Some(s.clone()),
-            output: out.clone(),
-            resume,
-            force: o.force && !resume,
-            quiet: o.quiet,
-            command: o.command.clone(),
-        };
-        let r = stage::run(&recipe, recipe_path, &opts)?;
-        report::write_run(&r, &out)?;
-        runs.push(r);
-    }
-    let c = CompareReport::new(recipe_path, runs);
+    let cells = grid::expand(&recipe, recipe_path, &g)?;
+    let go = GridOptions {
+        recipe_path,
+        output: &output,
+        device: o.device.clone(),
+        resume: o.resume,
+        force: o.force,
+        quiet: o.quiet,
+        command: o.command.clone(),
+        jobs: o.jobs.unwrap_or_else(|| grid::auto_jobs(o.threads)),
+        threads: o.threads,
+    };
+    let reports = grid::run(&cells, &go)?;
+    let levels = (!o.match_at.is_empty()).then_some(o.match_at.as_slice());
+    let c = GridReport::new(recipe_path, &cells, &reports, levels);
     std::fs::create_dir_all(&output).map_err(|e| Error::io(&output, e))?;
-    c.write(&output)?;
-    Ok(Outcome::Compare(Box::new(c)))
-}
-
-/// Starts `to` as a copy of the first `n` stages of the run in `from`.
-fn seed_shared(first: &RunReport, from: &Path, to: &Path, strategy: &str, n: usize) -> Result<()> {
-    if to.exists() {
-        std::fs::remove_dir_all(to).map_err(|e| Error::io(to, e))?;
-    }
-    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
-    let mut r = first.clone();
-    r.strategy = strategy.to_string();
-    r.stages.truncate(n);
-    r.post.clear();
-    r.metrics = Default::default();
-    for s in &mut r.stages {
-        copy_dir(&from.join(&s.checkpoint), &to.join(&s.checkpoint))?;
-        s.shared_from.get_or_insert_with(|| first.strategy.clone());
-    }
-    r.write(&to.join(RUN_STATE))
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
-    for e in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
-        let e = e.map_err(|e| Error::io(from, e))?;
-        let dest = to.join(e.file_name());
-        std::fs::copy(e.path(), &dest).map_err(|err| Error::io(&dest, err))?;
-    }
-    Ok(())
+    c.write(&output, o.plot.as_deref())?;
+    Ok(Outcome::Grid(Box::new(c)))
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use serde_json::Value;
 
-use super::linear::{linear, Param};
+use super::linear::{cast, linear_in, Param};
 use super::TrainError;
 use crate::error::{Error, Result};
 use crate::io::dtype::decode_f64;
@@ -126,7 +126,11 @@ struct Block {
 pub struct Llama {
     pub config: Config,
     pub device: Device,
+    /// The dtype of the parameters (the f32 master copy when training).
     pub dtype: DType,
+    /// The dtype matrix products run in (autocast): `dtype`, or BF16/F16 on a GPU, where
+    /// tensor cores make it pay; norms, softmax, RoPE and the loss stay in `dtype`.
+    pub compute: DType,
     /// Every parameter by its Hugging Face name, in checkpoint order.
     pub params: Vec<(String, Param)>,
     /// Element masks (1 where the element trains) of tensors the plan trains in part.
@@ -331,8 +335,15 @@ impl Llama {
             masks,
             device: device.clone(),
             dtype,
+            compute: dtype,
             config,
         })
+    }
+
+    /// The same model with matrix products in `compute` (see [`Llama::compute`]).
+    pub fn with_compute(mut self, compute: DType) -> Llama {
+        self.compute = compute;
+        self
     }
 
     /// The trainable variables in checkpoint order.
@@ -362,11 +373,15 @@ impl Llama {
         let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
         let rep = nh / nkv;
         let scale = 1.0 / (hd as f64).sqrt();
+        let cd = self.compute;
+        let lin = |x: &Tensor, w: &Param, b: Option<&Param>| linear_in(x, w, b, grad, cd);
+        // A product of two activations in the compute dtype, the result back in ours.
+        let mm = |a: &Tensor, b: &Tensor| cast(&cast(a, cd)?.matmul(&cast(b, cd)?)?, self.dtype);
         for blk in &self.blocks {
             let x = rms_norm(&h, blk.input_norm.tensor(), c.eps)?;
-            let q = linear(&x, &blk.q, blk.q_bias.as_ref(), grad)?;
-            let k = linear(&x, &blk.k, blk.k_bias.as_ref(), grad)?;
-            let v = linear(&x, &blk.v, blk.v_bias.as_ref(), grad)?;
+            let q = lin(&x, &blk.q, blk.q_bias.as_ref())?;
+            let k = lin(&x, &blk.k, blk.k_bias.as_ref())?;
+            let v = lin(&x, &blk.v, blk.v_bias.as_ref())?;
             let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
             let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
             let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -375,19 +390,19 @@ impl Llama {
             // Grouped-query attention without copying K and V: the `rep` query heads that
             // share a key-value head are stacked along time.
             let q = (q * scale)?.reshape((b, nkv, rep * t, hd))?;
-            let scores = q.matmul(&k.t()?)?.reshape((b, nkv, rep, t, t))?;
+            let scores = mm(&q, &k.t()?)?.reshape((b, nkv, rep, t, t))?;
             let scores = scores.broadcast_add(&mask)?;
             let att = super::ops::softmax(&scores)?.reshape((b, nkv, rep * t, t))?;
-            let y = att.matmul(&v)?.reshape((b, nh, t, hd))?;
+            let y = mm(&att, &v)?.reshape((b, nh, t, hd))?;
             let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
-            h = (h + linear(&y, &blk.o, None, grad)?)?;
+            h = (h + lin(&y, &blk.o, None)?)?;
             let x = rms_norm(&h, blk.post_norm.tensor(), c.eps)?;
-            let g = linear(&x, &blk.gate, None, grad)?.silu()?;
-            let u = linear(&x, &blk.up, None, grad)?;
-            h = (h + linear(&(g * u)?, &blk.down, None, grad)?)?;
+            let g = lin(&x, &blk.gate, None)?.silu()?;
+            let u = lin(&x, &blk.up, None)?;
+            h = (h + lin(&(g * u)?, &blk.down, None)?)?;
         }
         let h = rms_norm(&h, self.norm.tensor(), c.eps)?;
-        linear(&h, self.head.as_ref().unwrap_or(&self.embed), None, grad)
+        lin(&h, self.head.as_ref().unwrap_or(&self.embed), None)
     }
 
     /// Current values of every parameter, for writing a checkpoint: name -> f64 values.

@@ -20,6 +20,10 @@ pub struct Recipe {
     /// Storage dtype of the stage checkpoints (`f32`, `bf16`, `f16`); default: the model's.
     #[serde(default)]
     pub dtype: Option<String>,
+    /// The dtype matrix products run in: `f32` (the default), `bf16` or `f16`. Master weights,
+    /// gradients, optimizer state, norms, softmax and the loss stay f32 (autocast).
+    #[serde(default)]
+    pub precision: Option<String>,
     /// Seed of data order (and the default seed of plans).
     #[serde(default)]
     pub seed: u64,
@@ -177,6 +181,10 @@ pub struct Stage {
     pub accumulate: Option<u64>,
     pub seq_len: Option<usize>,
     pub log_every: Option<u64>,
+    /// The plan ratio a `--sweep ratio=...` gives a stage without a plan of its own (setting
+    /// `plan` instead would pin the stage).
+    #[serde(skip)]
+    pub ratio: Option<f64>,
 }
 
 /// What a stage optimises.
@@ -326,8 +334,9 @@ impl Recipe {
         Ok(r)
     }
 
-    fn check(&self, path: &Path) -> Result<()> {
+    pub(crate) fn check(&self, path: &Path) -> Result<()> {
         let bad = |m: String| Err(Error::input(path, m));
+        parse_precision(self.precision.as_deref()).map_err(|m| Error::input(path, m))?;
         if self.stages.is_empty() {
             return bad("no stages".into());
         }
@@ -454,6 +463,7 @@ impl Recipe {
             plan.seed = plan.seed.or(self.plan.seed);
             plan.redraw = plan.redraw.or(self.plan.redraw);
         }
+        plan.ratio = s.ratio.or(plan.ratio);
         StageSpec {
             index: i,
             name: s.name.clone(),
@@ -465,6 +475,176 @@ impl Recipe {
             kind: s.kind,
             beta: s.beta.unwrap_or(super::dpo::DEFAULT_BETA),
         }
+    }
+}
+
+/// `precision` as a candle dtype.
+pub fn parse_precision(p: Option<&str>) -> std::result::Result<candle_core::DType, String> {
+    match p.unwrap_or("f32").to_ascii_lowercase().as_str() {
+        "f32" => Ok(candle_core::DType::F32),
+        "bf16" => Ok(candle_core::DType::BF16),
+        "f16" => Ok(candle_core::DType::F16),
+        other => Err(format!("precision `{other}`: expected f32, bf16 or f16")),
+    }
+}
+
+impl Recipe {
+    /// The dtype of matrix products (checked when the recipe was read).
+    pub fn compute_dtype(&self) -> candle_core::DType {
+        parse_precision(self.precision.as_deref()).unwrap_or(candle_core::DType::F32)
+    }
+}
+
+/// The numeric stage fields `--sweep` can vary.
+pub const SWEEP_KEYS: &[&str] = &[
+    "lr",
+    "steps",
+    "warmup",
+    "min_lr",
+    "weight_decay",
+    "clip",
+    "accumulate",
+    "seq_len",
+    "beta",
+    "ratio",
+];
+
+impl Recipe {
+    /// The same recipe under another seed. Explicit plan and reset seeds move by the same
+    /// offset, so `seed` equal to the recipe's own reproduces it exactly and every other seed
+    /// changes every draw (data order, plans, post-hoc resets) together.
+    pub fn with_seed(&self, seed: u64) -> Recipe {
+        let d = seed.wrapping_sub(self.seed);
+        let mut r = self.clone();
+        r.seed = seed;
+        let shift = |p: &mut PlanSpec| p.seed = p.seed.map(|s| s.wrapping_add(d));
+        shift(&mut r.plan);
+        for s in &mut r.stages {
+            if let Some(p) = s.plan.as_mut() {
+                shift(p);
+            }
+        }
+        for p in &mut r.post {
+            if let Post::Reset { seed, .. } = p {
+                *seed = seed.wrapping_add(d);
+            }
+        }
+        r
+    }
+
+    /// Sets a numeric stage field, as `--sweep` does: `KEY` sets it on every stage that does
+    /// not pin its own plan (the stages a comparison varies), `STAGE.KEY` on the named stage.
+    /// With `scale`, `value` multiplies each stage's current value instead.
+    pub fn set_field(
+        &mut self,
+        key: &str,
+        value: f64,
+        scale: bool,
+    ) -> std::result::Result<(), String> {
+        let (stage, field) = match key.split_once('.') {
+            Some((s, f)) => (Some(s), f),
+            None => (None, key),
+        };
+        if !SWEEP_KEYS.contains(&field) {
+            return Err(format!(
+                "`{field}` is not a numeric stage field (one of {})",
+                SWEEP_KEYS.join(", ")
+            ));
+        }
+        let targets: Vec<usize> = match stage {
+            Some(name) => {
+                let i = self
+                    .stages
+                    .iter()
+                    .position(|s| s.name == name)
+                    .ok_or_else(|| format!("`{key}`: the recipe has no stage `{name}`"))?;
+                if field == "beta" && self.stages[i].kind != StageKind::Dpo {
+                    return Err(format!("`{key}`: stage `{name}` is not a dpo stage"));
+                }
+                vec![i]
+            }
+            None => (0..self.stages.len())
+                .filter(|&i| self.stages[i].plan.is_none())
+                .filter(|&i| field != "beta" || self.stages[i].kind == StageKind::Dpo)
+                .collect(),
+        };
+        if targets.is_empty() {
+            return Err(format!(
+                "`{key}`: no stage to set (it applies to the stages without a plan of their own{}); \
+                 name one as STAGE.{field}",
+                if field == "beta" { " that are dpo stages" } else { "" }
+            ));
+        }
+        for i in targets {
+            let cur = self.stage(i);
+            let st = &cur.settings;
+            let old = match field {
+                "lr" => Some(st.lr),
+                "steps" => st.steps.map(|v| v as f64),
+                "warmup" => Some(st.warmup),
+                "min_lr" => Some(st.min_lr),
+                "weight_decay" => Some(st.weight_decay),
+                "clip" => Some(st.clip),
+                "accumulate" => Some(st.accumulate as f64),
+                "seq_len" => Some(st.seq_len as f64),
+                "beta" => Some(cur.beta),
+                _ => Some(cur.plan.ratio.unwrap_or(0.5)),
+            };
+            let v = if scale {
+                old.ok_or_else(|| format!("`{key}`: stage `{}` has no {field} to scale", cur.name))?
+                    * value
+            } else {
+                value
+            };
+            let name = &cur.name;
+            let int = |v: f64| -> std::result::Result<u64, String> {
+                let r = if scale { v.round().max(1.0) } else { v };
+                if r.fract() != 0.0 || r < 1.0 {
+                    return Err(format!(
+                        "`{key}` = {v} for stage `{name}`: needs a whole number >= 1"
+                    ));
+                }
+                Ok(r as u64)
+            };
+            let within = |lo: f64, hi: f64| -> std::result::Result<f64, String> {
+                if (lo..=hi).contains(&v) {
+                    Ok(v)
+                } else {
+                    Err(format!(
+                        "`{key}` = {v} for stage `{name}`: must lie in [{lo}, {hi}]"
+                    ))
+                }
+            };
+            let positive = || -> std::result::Result<f64, String> {
+                if v > 0.0 && v.is_finite() {
+                    Ok(v)
+                } else {
+                    Err(format!(
+                        "`{key}` = {v} for stage `{name}`: must be positive"
+                    ))
+                }
+            };
+            let s = &mut self.stages[i];
+            match field {
+                "lr" => s.lr = Some(positive()?),
+                "steps" => s.steps = Some(int(v)?),
+                "warmup" => s.warmup = Some(within(0.0, 1.0)?),
+                "min_lr" => s.min_lr = Some(within(0.0, 1.0)?),
+                "weight_decay" => s.weight_decay = Some(within(0.0, f64::MAX)?),
+                "clip" => s.clip = Some(within(0.0, f64::MAX)?),
+                "accumulate" => s.accumulate = Some(int(v)?),
+                "seq_len" => s.seq_len = Some(int(v)? as usize),
+                "beta" => s.beta = Some(positive()?),
+                _ => {
+                    let r = within(0.0, 1.0)?;
+                    match s.plan.as_mut() {
+                        Some(p) => p.ratio = Some(r),
+                        None => s.ratio = Some(r),
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 //! BWT = mean over earlier tasks of R[T][i] − R[i][i]), the diagonal (how well each task was
 //! learned), the rise of old tasks' completion loss, loss curves, the per-stage change summary
 //! from `hft diff`, trainable fractions, throughput and memory. `report.json` and `report.md`
-//! for one run; with `--compare`, one row per strategy and a heatmap.
+//! for one run (a grid of runs is summarised by [`super::compare`]).
 
 use std::fmt::Write;
 use std::path::Path;
@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use super::eval::Score;
 use crate::error::{Error, Result};
 use crate::plan::Plan;
-use crate::report::plot::{heatmap, Heatmap};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PlanInfo {
@@ -256,12 +255,6 @@ impl RunReport {
         (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
     }
 
-    fn strategy_stages(&self) -> impl Iterator<Item = &StageResult> {
-        self.stages
-            .iter()
-            .filter(move |s| !s.pinned && s.plan.strategy == self.strategy)
-    }
-
     pub fn markdown(&self) -> String {
         let mut m = String::new();
         let _ = writeln!(
@@ -393,179 +386,4 @@ pub fn write_run(r: &RunReport, dir: &Path) -> Result<()> {
     .map_err(|e| Error::io(&j, e))?;
     let md = dir.join("report.md");
     std::fs::write(&md, r.markdown()).map_err(|e| Error::io(&md, e))
-}
-
-/// One row per strategy.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CompareRow {
-    pub strategy: String,
-    pub op_exact_match: Option<f64>,
-    pub bwt_exact_match: Option<f64>,
-    pub mean_learned_exact_match: Option<f64>,
-    pub op_loss: Option<f64>,
-    pub old_task_loss_rise: Option<f64>,
-    pub mean_trainable_fraction: Option<f64>,
-    pub step_seconds: Option<f64>,
-    pub optimizer_mib: Option<f64>,
-    pub peak_rss_mib: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct CompareReport {
-    pub recipe: String,
-    pub rows: Vec<CompareRow>,
-    pub runs: Vec<RunReport>,
-}
-
-impl CompareReport {
-    pub fn new(recipe: &Path, runs: Vec<RunReport>) -> CompareReport {
-        let rows = runs
-            .iter()
-            .map(|r| {
-                let own: Vec<&StageResult> = r.strategy_stages().collect();
-                let mean =
-                    |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-                CompareRow {
-                    strategy: r.strategy.clone(),
-                    op_exact_match: r.metrics.exact_match.op,
-                    bwt_exact_match: r.metrics.exact_match.bwt,
-                    mean_learned_exact_match: mean(
-                        r.metrics.exact_match.diagonal.values().copied().collect(),
-                    ),
-                    op_loss: r.metrics.loss.op,
-                    old_task_loss_rise: r.metrics.loss.bwt,
-                    mean_trainable_fraction: mean(own.iter().map(|s| s.plan.fraction).collect()),
-                    step_seconds: r.strategy_step_seconds(),
-                    optimizer_mib: own
-                        .iter()
-                        .map(|s| s.optimizer_bytes as f64 / (1 << 20) as f64)
-                        .reduce(f64::max),
-                    peak_rss_mib: r.stages.iter().map(|s| s.peak_rss_mib).fold(0.0, f64::max),
-                }
-            })
-            .collect();
-        CompareReport {
-            recipe: recipe.display().to_string(),
-            rows,
-            runs,
-        }
-    }
-
-    pub fn markdown(&self) -> String {
-        let mut m = String::new();
-        let _ = writeln!(m, "# hft run --compare: {}\n", self.recipe);
-        let _ = writeln!(m, "| strategy | OP (EM) | BWT (EM) | learned (mean R[i][i], EM) | OP (loss) | old-task loss rise | trainable | s/step | optimizer MiB | peak RSS MiB |");
-        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let base_step = self
-            .rows
-            .iter()
-            .find(|r| r.strategy == "full")
-            .and_then(|r| r.step_seconds);
-        for r in &self.rows {
-            let rel = match (r.step_seconds, base_step) {
-                (Some(s), Some(b)) if r.strategy != "full" => format!(" ({:.2}x full)", s / b),
-                _ => String::new(),
-            };
-            let _ = writeln!(
-                m,
-                "| {} | {} | {} | {} | {} | {} | {} | {}{} | {} | {:.0} |",
-                r.strategy,
-                fmt(r.op_exact_match, 3),
-                fmt(r.bwt_exact_match, 3),
-                fmt(r.mean_learned_exact_match, 3),
-                fmt(r.op_loss, 3),
-                fmt(r.old_task_loss_rise, 3),
-                r.mean_trainable_fraction
-                    .map_or("–".into(), |f| format!("{:.1}%", 100.0 * f)),
-                fmt(r.step_seconds, 4),
-                rel,
-                fmt(r.optimizer_mib, 2),
-                r.peak_rss_mib,
-            );
-        }
-        let _ = writeln!(
-            m,
-            "\nEM = exact match of greedy completions. OP = mean over tasks after the last stage; \
-             BWT = mean over earlier tasks of (after the last stage − right after learning it); \
-             read BWT next to \"learned\": a strategy that learns less also has less to forget. \
-             s/step and optimizer memory are over the stages the strategy trained (pinned stages excluded).\n"
-        );
-        for r in &self.runs {
-            let _ = writeln!(m, "## {}: exact match after each stage\n", r.strategy);
-            let names = r.eval_names();
-            let _ = writeln!(m, "| after stage | {} |", names.join(" | "));
-            let _ = writeln!(m, "|---|{}", "---:|".repeat(names.len()));
-            for (label, vals) in r.matrix(true) {
-                let cells: Vec<String> = vals.iter().map(|v| fmt(*v, 2)).collect();
-                let _ = writeln!(m, "| {label} | {} |", cells.join(" | "));
-            }
-            m.push('\n');
-        }
-        m
-    }
-
-    /// A heatmap of exact match: one row per (strategy, stage), one column per eval set that
-    /// has exact match.
-    pub fn heatmap(&self) -> Heatmap {
-        let Some(first) = self.runs.first() else {
-            return Heatmap {
-                title: "no runs".into(),
-                rows: vec![],
-                cols: vec![],
-                values: vec![],
-                legend: String::new(),
-            };
-        };
-        let names: Vec<String> = first
-            .before
-            .iter()
-            .filter(|(_, s)| s.exact_match.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        let mut rows = Vec::new();
-        let mut values = Vec::new();
-        for r in &self.runs {
-            for s in &r.stages {
-                rows.push(format!("{} {}", short(&r.strategy), s.name));
-                values.push(
-                    names
-                        .iter()
-                        .map(|n| s.scores.get(n).and_then(|x| x.exact_match))
-                        .collect(),
-                );
-            }
-            for p in &r.post {
-                rows.push(format!("{} {}", short(&r.strategy), p.name));
-                values.push(
-                    names
-                        .iter()
-                        .map(|n| p.scores.get(n).and_then(|x| x.exact_match))
-                        .collect(),
-                );
-            }
-        }
-        Heatmap {
-            title: "exact match after each stage, per strategy".into(),
-            rows,
-            cols: names,
-            values,
-            legend: "exact match".into(),
-        }
-    }
-
-    pub fn write(&self, dir: &Path) -> Result<()> {
-        let j = dir.join("compare.json");
-        std::fs::write(
-            &j,
-            serde_json::to_string_pretty(self).expect("serialises") + "\n",
-        )
-        .map_err(|e| Error::io(&j, e))?;
-        let md = dir.join("compare.md");
-        std::fs::write(&md, self.markdown()).map_err(|e| Error::io(&md, e))?;
-        heatmap(&self.heatmap(), &dir.join("compare.svg"))
-    }
-}
-
-fn short(s: &str) -> String {
-    s.chars().take(4).collect()
 }

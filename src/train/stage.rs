@@ -39,12 +39,29 @@ pub struct RunOptions {
     pub output: PathBuf,
     pub resume: bool,
     pub force: bool,
-    pub quiet: bool,
+    pub log: Log,
     /// The command line, recorded in checkpoint metadata.
     pub command: String,
 }
 
 pub const RUN_STATE: &str = "run.json";
+
+/// What a run prints while it trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Log {
+    /// Nothing.
+    Quiet,
+    /// Only the in-place progress bar, on a terminal (a grid prints its own line per run).
+    Bar,
+    /// A line per stage, and the bar on a terminal or a line per logged step elsewhere.
+    Lines,
+}
+
+impl Log {
+    fn lines(self) -> bool {
+        self == Log::Lines
+    }
+}
 
 /// Eval sets: name -> how it is scored and its examples.
 pub type EvalData = IndexMap<String, (EvalKind, Vec<Example>)>;
@@ -311,7 +328,7 @@ pub fn train_stage(
     objective: &mut Objective,
     pad: u32,
     seed: u64,
-    quiet: bool,
+    log: Log,
 ) -> Result<Trained> {
     let lens = objective.lens();
     let st = &spec.settings;
@@ -358,7 +375,7 @@ pub fn train_stage(
         .collect();
     objective.prepare(&model, &draws, pad)?;
     let mut draws = draws.into_iter();
-    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+    let bar = (log != Log::Quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(steps);
         b.set_style(
             indicatif::ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")
@@ -431,7 +448,9 @@ pub fn train_stage(
             let msg = format!("loss {mean:.4} lr {lr:.2e} {tps:.0} tok/s");
             match &bar {
                 Some(b) => b.set_message(msg),
-                None if !quiet => eprintln!("hft: {} step {}/{steps} {msg}", spec.name, step + 1),
+                None if log.lines() => {
+                    eprintln!("hft: {} step {}/{steps} {msg}", spec.name, step + 1)
+                }
                 None => {}
             }
         }
@@ -593,7 +612,8 @@ pub fn run(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Result<Run
             std::fs::remove_dir_all(&opts.output).map_err(|e| Error::io(&opts.output, e))?;
         }
         std::fs::create_dir_all(&opts.output).map_err(|e| Error::io(&opts.output, e))?;
-        let model = Llama::load(&base, None, DType::F32, &opts.device)?;
+        let model = Llama::load(&base, None, DType::F32, &opts.device)?
+            .with_compute(recipe.compute_dtype());
         let r = RunReport::new(
             recipe_path,
             &strategy_label,
@@ -610,7 +630,7 @@ pub fn run(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Result<Run
         report.stages.pop();
     }
     let done = report.stages.len();
-    if done > 0 && !opts.quiet {
+    if done > 0 && opts.log.lines() {
         eprintln!(
             "hft: resuming after stage `{}` ({done} of {} finished)",
             report.stages[done - 1].name,
@@ -625,8 +645,9 @@ pub fn run(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Result<Run
         let spec = recipe.stage(i);
         let prev = Checkpoint::open(&prev_path)?;
         let plan = stage_plan(&spec, opts.strategy.as_deref(), &prev, recipe.seed)?;
-        let model = Llama::load(&prev, Some(&plan), DType::F32, &opts.device)?;
-        if !opts.quiet {
+        let model = Llama::load(&prev, Some(&plan), DType::F32, &opts.device)?
+            .with_compute(recipe.compute_dtype());
+        if opts.log.lines() {
             eprintln!(
                 "hft: stage {i} `{}`: {} plan, {:.1}% of parameters train",
                 spec.name,
@@ -641,7 +662,7 @@ pub fn run(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Result<Run
             &mut objective,
             tok.pad(),
             recipe.seed,
-            opts.quiet,
+            opts.log,
         )?;
         let dir = stage_dir(i, &spec.name);
         let dest = opts.output.join(&dir);
@@ -675,7 +696,7 @@ pub fn run(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Result<Run
             pinned: spec.pinned,
             shared_from: None,
         };
-        if !opts.quiet {
+        if opts.log.lines() {
             eprintln!(
                 "hft: stage {i} `{}` done in {:.1}s: {}",
                 spec.name,
@@ -770,7 +791,8 @@ fn post_baselines(
     }
     for (name, path) in made {
         let ck = Checkpoint::open(&path)?;
-        let model = Llama::load(&ck, None, DType::F32, &opts.device)?;
+        let model =
+            Llama::load(&ck, None, DType::F32, &opts.device)?.with_compute(recipe.compute_dtype());
         let scores = score_all(&model, evals, tok.pad())?;
         out.push(PostResult {
             name,

@@ -284,7 +284,7 @@ fn unsupported_families_and_missing_tensors_are_refused() {
 #[test]
 fn full_fine_tuning_learns_a_task_then_forgets_it() {
     use super::recipe::Recipe;
-    use super::stage::{run, RunOptions};
+    use super::stage::{self, run, RunOptions};
     let d = tempfile::tempdir().unwrap();
     let spec = ModelSpec {
         dtype: FileDType::F32,
@@ -328,7 +328,7 @@ fn full_fine_tuning_learns_a_task_then_forgets_it() {
         output: d.path().join("out"),
         resume: false,
         force: false,
-        quiet: true,
+        log: stage::Log::Quiet,
         command: "test".into(),
     };
     let rep = run(&r, &path, &opts).unwrap();
@@ -337,4 +337,48 @@ fn full_fine_tuning_learns_a_task_then_forgets_it() {
     assert!(em(1, "b") >= 0.8, "learned b: {}", em(1, "b"));
     assert!(em(1, "a") <= 0.05, "a after b: {}", em(1, "a"));
     assert!(rep.metrics.exact_match.bwt.unwrap() <= -0.75);
+}
+
+/// Autocast: with BF16 products the loss and the gradients (which reach the f32 master
+/// variables in f32) stay close to the all-f32 ones, under a half-frozen plan too.
+#[test]
+fn bf16_products_give_f32_gradients_close_to_the_f32_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let ck = tiny(d.path(), Arch::Qwen2, false);
+    let b = batch();
+    let p = plan(&ck, Strategy::Category, 0);
+    let load = |compute: DType| {
+        Llama::load(&ck, Some(&p), DType::F32, &Device::Cpu)
+            .unwrap()
+            .with_compute(compute)
+    };
+    let (f32m, bf16m) = (load(DType::F32), load(DType::BF16));
+    let (lf, lb) = (loss_value(&f32m, &b), loss_value(&bf16m, &b));
+    assert!((lf - lb).abs() < 0.02 * lf, "loss f32 {lf}, bf16 {lb}");
+    let gf = eval::loss(&f32m, std::slice::from_ref(&b), true)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gb = eval::loss(&bf16m, std::slice::from_ref(&b), true)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let vars = f32m.vars();
+    assert!(!vars.is_empty() && vars.len() < f32m.params.len());
+    for ((name, vf), (_, vb)) in vars.iter().zip(bf16m.vars()) {
+        let a = gf.get(vf.as_tensor()).expect("f32 gradient");
+        let c = gb.get(vb.as_tensor()).expect("bf16 gradient");
+        assert_eq!(c.dtype(), DType::F32, "{name}");
+        let norm = |t: &Tensor| {
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt()
+        };
+        let rel = norm(&(a - c).unwrap()) / norm(a).max(1e-12);
+        assert!(rel < 0.05, "{name}: relative gradient difference {rel}");
+    }
 }
