@@ -205,7 +205,7 @@ fn unsupported_quantisation_and_non_gguf_files_are_refused() {
     assert!(!d.path().join("o").exists());
 }
 
-/// The quick SmolLM2 recipe end to end: SFT then DPO on the real model, every eval set
+/// The SmolLM2 recipe's `--quick` variant end to end: SFT then DPO on the real model, every eval set
 /// (retention included) after every stage, and the post baselines. Needs the model from
 /// `scripts/fetch-smollm2.sh`; skips, saying so, without it. A few minutes on 2 cores.
 #[test]
@@ -219,7 +219,8 @@ fn smollm2_quick_recipe_runs_sft_then_dpo() {
     let out = d.path().join("run");
     let mut c = Command::cargo_bin("hft").unwrap();
     c.args(["--threads", "2", "-q", "run"])
-        .arg(root.join("recipes/smollm2-sft-dpo-quick.yaml"))
+        .arg(root.join("recipes/smollm2-sft-dpo.yaml"))
+        .arg("--quick")
         .arg("-o")
         .arg(&out);
     let o = c.output().unwrap();

@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// Output directory (default: the recipe's `output`).
     #[arg(long, short, value_name = "DIR")]
     pub output: Option<PathBuf>,
+    /// Run the recipe's smaller variant: its `quick` block laid over it (fewer steps, eval
+    /// subsets, another output; see the README).
+    #[arg(long)]
+    pub quick: bool,
     /// The dtype of matrix products: f32, or bf16/f16 (autocast: master weights, gradients,
     /// optimizer state, norms, softmax and loss stay f32); replaces the recipe's `precision`.
     /// bf16 pays on a GPU; on a CPU it is slower than f32.

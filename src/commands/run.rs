@@ -25,6 +25,7 @@ pub fn run(a: &RunArgs, quiet: bool) -> Result<String> {
         threads: rayon::current_num_threads(),
         plot: a.plot.clone(),
         precision: a.precision.clone(),
+        quick: a.quick,
         output: a.output.clone(),
         resume: a.resume,
         force: a.force,

@@ -104,6 +104,8 @@ pub struct Options {
     pub jobs: Option<usize>,
     /// Threads per run.
     pub threads: usize,
+    /// Lay the recipe's `quick` block over it.
+    pub quick: bool,
     /// Replaces the recipe's `precision` (f32, bf16, f16).
     pub precision: Option<String>,
     /// Another copy of the learn-versus-forget plot (.svg or .png).
@@ -133,7 +135,7 @@ pub fn tune_allocator() {
 /// Runs a recipe once, or (with `--compare`, `--sweep` or `--seeds`) once per cell of the
 /// grid, each under `output/STRATEGY[/KEY=VALUE][/seed-N]`, with the grid's report at `output`.
 pub fn run(recipe_path: &Path, o: &Options) -> Result<Outcome> {
-    let mut recipe = Recipe::read(recipe_path)?;
+    let mut recipe = Recipe::read_variant(recipe_path, o.quick)?;
     if let Some(p) = &o.precision {
         recipe::parse_precision(Some(p)).map_err(|m| Error::usage(format!("--precision: {m}")))?;
         recipe.precision = Some(p.clone());

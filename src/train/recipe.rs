@@ -39,6 +39,11 @@ pub struct Recipe {
     pub eval: Vec<EvalSet>,
     #[serde(default)]
     pub post: Vec<Post>,
+    /// Overrides that `hft run --quick` lays over the recipe (a smaller variant of the same
+    /// experiment, in the same file): mappings merge key by key, lists of named items (`stages`,
+    /// `eval`) merge item by item by `name`, other values and lists are replaced.
+    #[serde(default)]
+    pub quick: Option<serde_json::Value>,
 }
 
 fn default_tokenizer() -> String {
@@ -296,13 +301,41 @@ pub struct StageSpec {
 impl Recipe {
     /// Reads and checks a recipe; paths inside are resolved against its directory.
     pub fn read(path: &Path) -> Result<Recipe> {
+        Self::read_variant(path, false)
+    }
+
+    /// Reads a recipe, with its `quick` block laid over it when `quick` is set.
+    pub fn read_variant(path: &Path, quick: bool) -> Result<Recipe> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, path)
+        let r = Self::parse(&text, path)?;
+        if !quick {
+            return Ok(r);
+        }
+        let q = r.quick.ok_or_else(|| {
+            Error::input(
+                path,
+                "has no `quick` block, which --quick lays over the recipe (see the README)",
+            )
+        })?;
+        let mut v: serde_json::Value = serde_saphyr::from_str(&text)
+            .map_err(|e| Error::input(path, format!("not a valid recipe: {e}")))?;
+        if let Some(m) = v.as_object_mut() {
+            m.remove("quick");
+        }
+        merge(&mut v, &q, "quick").map_err(|m| Error::input(path, m))?;
+        let r: Recipe = serde_json::from_value(v)
+            .map_err(|e| Error::input(path, format!("with its `quick` block laid over: {e}")))?;
+        Self::finish(r, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Recipe> {
-        let mut r: Recipe = serde_saphyr::from_str(text)
+        let r: Recipe = serde_saphyr::from_str(text)
             .map_err(|e| Error::input(path, format!("not a valid recipe: {e}")))?;
+        Self::finish(r, path)
+    }
+
+    /// Resolves the paths against the recipe's directory and checks the whole.
+    fn finish(mut r: Recipe, path: &Path) -> Result<Recipe> {
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let abs = |p: &Path| {
             if p.is_absolute() {
@@ -476,6 +509,44 @@ impl Recipe {
             beta: s.beta.unwrap_or(super::dpo::DEFAULT_BETA),
         }
     }
+}
+
+/// Lays `over` onto `base` (see [`Recipe::quick`]); `at` names the place for errors.
+fn merge(
+    base: &mut serde_json::Value,
+    over: &serde_json::Value,
+    at: &str,
+) -> std::result::Result<(), String> {
+    use serde_json::Value;
+    let named = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_string);
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(bv) => merge(bv, v, &format!("{at}.{k}"))?,
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(o))
+            if !b.is_empty() && b.iter().all(|x| named(x).is_some()) =>
+        {
+            for item in o {
+                let name = named(item).ok_or_else(|| {
+                    format!("`{at}`: every item needs the `name` of the item it changes")
+                })?;
+                let target = b
+                    .iter_mut()
+                    .find(|x| named(x).as_deref() == Some(name.as_str()))
+                    .ok_or_else(|| format!("`{at}`: the recipe has no item named `{name}`"))?;
+                merge(target, item, &format!("{at}.{name}"))?;
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+    Ok(())
 }
 
 /// `precision` as a candle dtype.
@@ -716,5 +787,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown strategy `halves`"), "{e}");
+    }
+
+    #[test]
+    fn quick_blocks_merge_by_key_and_by_name_and_say_what_does_not_fit() {
+        let d = setup();
+        let p = d.path().join("r.yaml");
+        let quick = "quick:\n  output: small\n  defaults: {steps: 1}\n  stages:\n    - {name: s1, lr: 0.25, data: [{path: a.jsonl, batch: 1}]}\n";
+        std::fs::write(&p, format!("{OK}{quick}")).unwrap();
+        let full = Recipe::read(&p).unwrap();
+        assert_eq!(full.stage(1).settings.steps, Some(3));
+        let q = Recipe::read_variant(&p, true).unwrap();
+        assert_eq!(q.output, d.path().join("small"));
+        assert_eq!(q.stage(0).settings.steps, Some(1));
+        assert_eq!(q.stage(0).settings.lr, 0.01);
+        assert!(q.stage(0).pinned);
+        assert_eq!(q.stage(1).settings.lr, 0.25);
+        assert_eq!(q.stage(1).data[0].batch, 1);
+        assert_eq!(q.stage(1).tasks, full.stage(1).tasks);
+        let bad = quick.replace("name: s1", "name: s9");
+        std::fs::write(&p, format!("{OK}{bad}")).unwrap();
+        let e = Recipe::read_variant(&p, true).unwrap_err().to_string();
+        assert!(e.contains("quick.stages") && e.contains("`s9`"), "{e}");
+        std::fs::write(&p, OK).unwrap();
+        let e = Recipe::read_variant(&p, true).unwrap_err().to_string();
+        assert!(e.contains("no `quick` block"), "{e}");
     }
 }
