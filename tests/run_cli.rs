@@ -443,3 +443,30 @@ fn bf16_products_train_on_the_cpu_and_bad_precisions_are_refused() {
         .code(2)
         .stderr(predicate::str::contains("expected f32, bf16 or f16"));
 }
+
+#[test]
+fn grid_flags_that_do_not_fit_are_refused_before_anything_runs() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path(), "lr: 1.0e-2");
+    for (args, why) in [
+        (vec!["--seeds", "1,1"], "given twice"),
+        (vec!["--compare", "full,full"], "given twice"),
+        (vec!["--compare", "full", "--match-at", "0.5"], "--sweep"),
+        (vec!["--jobs", "2"], "need a grid"),
+        (vec!["--sweep", "lr"], "KEY=V1,V2"),
+        (vec!["--sweep", "lerning=1,2"], "not a numeric stage field"),
+        (
+            vec!["--sweep", "a.lr=1,2", "--compare", "x"],
+            "unknown strategy",
+        ),
+    ] {
+        hft()
+            .current_dir(d.path())
+            .args(["run", "r.yaml"])
+            .args(&args)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(why));
+    }
+    assert!(!d.path().join("out").exists());
+}

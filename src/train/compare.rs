@@ -416,12 +416,13 @@ impl GridReport {
             "| strategy | setting | learned (EM) | forgot (−BWT, EM) | OP (EM) | old-task loss rise | text loss | trainable | s/step | optimizer MiB | peak RSS MiB |"
         );
         let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let base_step = self
-            .cells
-            .iter()
-            .find(|c| c.strategy == "full" && c.setting == self.cells[0].setting)
-            .and_then(|c| c.step_seconds);
         for c in &self.cells {
+            // Step time against full fine-tuning at the same setting.
+            let base_step = self
+                .cells
+                .iter()
+                .find(|f| f.strategy == "full" && f.setting == c.setting)
+                .and_then(|f| f.step_seconds);
             let rel = match (c.step_seconds, base_step) {
                 (Some(s), Some(b)) if c.strategy != "full" => {
                     format!(" ({:.2}x full)", s.mean / b.mean)

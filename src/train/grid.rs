@@ -131,8 +131,16 @@ pub fn fingerprints(r: &Recipe, strategy: Option<&str>) -> Vec<u64> {
 /// The runs of `g`, seeds outermost (so the run that trains a seed's shared stages comes
 /// before the runs that reuse them), then settings, then strategies.
 pub fn expand(recipe: &Recipe, recipe_path: &Path, g: &Grid) -> Result<Vec<Cell>> {
-    for s in &g.strategies {
+    for (i, s) in g.strategies.iter().enumerate() {
         super::recipe::parse_strategy(s).map_err(Error::usage)?;
+        if g.strategies[..i].contains(s) {
+            return Err(Error::usage(format!("--compare: `{s}` is given twice")));
+        }
+    }
+    for (i, s) in g.seeds.iter().enumerate() {
+        if g.seeds[..i].contains(s) {
+            return Err(Error::usage(format!("--seeds: {s} is given twice")));
+        }
     }
     let own = recipe
         .plan
@@ -400,7 +408,12 @@ fn run_cell(
         output: dir.clone(),
         resume,
         force: false,
-        log: if o.quiet { Log::Quiet } else { Log::Bar },
+        // Bars of runs side by side would overwrite each other.
+        log: if o.quiet || o.jobs > 1 {
+            Log::Quiet
+        } else {
+            Log::Bar
+        },
         command: o.command.clone(),
     };
     let r = stage::run(&c.recipe, o.recipe_path, &opts)?;

@@ -148,9 +148,9 @@ pub fn run(recipe_path: &Path, o: &Options) -> Result<Outcome> {
         seeds: o.seeds.clone(),
     };
     if g.strategies.is_empty() && g.sweep.is_none() && g.seeds.is_empty() {
-        if o.plot.is_some() || !o.match_at.is_empty() {
+        if o.plot.is_some() || o.jobs.is_some() {
             return Err(Error::usage(
-                "--plot and --match-at need a grid: --compare, --sweep or --seeds",
+                "--plot and --jobs need a grid: --compare, --sweep or --seeds",
             ));
         }
         let opts = RunOptions {
@@ -165,6 +165,11 @@ pub fn run(recipe_path: &Path, o: &Options) -> Result<Outcome> {
         let r = stage::run(&recipe, recipe_path, &opts)?;
         report::write_run(&r, &output)?;
         return Ok(Outcome::One(Box::new(r)));
+    }
+    if !o.match_at.is_empty() && g.sweep.is_none() {
+        return Err(Error::usage(
+            "--match-at reads forgetting along a sweep: give --sweep KEY=V1,V2,...",
+        ));
     }
     let cells = grid::expand(&recipe, recipe_path, &g)?;
     let go = GridOptions {
