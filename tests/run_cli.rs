@@ -89,6 +89,7 @@ fn stages_write_checkpoints_that_diff_loads_and_reports() {
         "01-b/model.safetensors",
         "report.json",
         "report.md",
+        "loss.svg",
         "run.json",
     ] {
         assert!(out.join(f).is_file(), "{f}");

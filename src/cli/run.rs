@@ -10,7 +10,7 @@ use clap::Args;
 /// The recipe (YAML) names the model, tokenizer, stages (data, steps, learning rate, plan),
 /// eval sets, post-hoc baselines and the output directory; see the README (`hft run`). The output gets a
 /// checkpoint per stage (loadable by `hft diff`), each stage's plan, run.json (the state that
-/// --resume continues from), report.json and report.md.
+/// --resume continues from), report.json, report.md and loss.svg (training loss per stage).
 ///
 /// With --compare, --sweep or --seeds, one run per cell of the grid under
 /// OUTPUT/STRATEGY[/KEY=VALUE][/seed-N]; stages that are identical across cells (the same seed,
@@ -28,7 +28,7 @@ pub struct RunArgs {
     /// The recipe file.
     pub recipe: PathBuf,
     /// Run once per strategy (comma-separated), replacing the plan of every stage that does
-    /// not pin its own; one row per strategy in compare.md.
+    /// not pin its own; crossed with --sweep and --seeds when given.
     #[arg(long, value_delimiter = ',', value_name = "STRATEGIES")]
     pub compare: Vec<String>,
     /// Run every cell once per value of one numeric stage field: KEY=V1,V2,... sets it on every
@@ -68,7 +68,7 @@ pub struct RunArgs {
     pub quick: bool,
     /// The dtype of matrix products: f32, or bf16/f16 (autocast: master weights, gradients,
     /// optimizer state, norms, softmax and loss stay f32); replaces the recipe's `precision`.
-    /// bf16 pays on a GPU; on a CPU it is slower than f32.
+    /// bf16 is meant for GPUs (tensor cores); on a CPU it is slower than f32.
     #[arg(long, value_name = "DTYPE")]
     pub precision: Option<String>,
     /// cpu, or cuda[:N] (needs a build with --features cuda).

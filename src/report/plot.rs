@@ -310,11 +310,14 @@ pub fn curves_svg(c: &Curves) -> Result<String> {
                     chart.draw_series(LineSeries::new([(p.x - e, p.y), (p.x + e, p.y)], col))?;
                 }
             }
-            chart.draw_series(
-                s.points
-                    .iter()
-                    .map(|p| Circle::new((p.x, p.y), 4, col.filled())),
-            )?;
+            // Markers for sweep points; a long curve (a loss curve) is clearer without them.
+            if s.points.len() <= 40 {
+                chart.draw_series(
+                    s.points
+                        .iter()
+                        .map(|p| Circle::new((p.x, p.y), 4, col.filled())),
+                )?;
+            }
             chart.draw_series(s.points.iter().filter(|p| !p.label.is_empty()).map(|p| {
                 EmptyElement::at((p.x, p.y))
                     + Text::new(

@@ -128,8 +128,8 @@ pub struct Llama {
     pub device: Device,
     /// The dtype of the parameters (the f32 master copy when training).
     pub dtype: DType,
-    /// The dtype matrix products run in (autocast): `dtype`, or BF16/F16 on a GPU, where
-    /// tensor cores make it pay; norms, softmax, RoPE and the loss stay in `dtype`.
+    /// The dtype matrix products run in (autocast): `dtype`, or BF16/F16, meant for GPUs'
+    /// tensor cores; norms, softmax, RoPE and the loss stay in `dtype`.
     pub compute: DType,
     /// Every parameter by its Hugging Face name, in checkpoint order.
     pub params: Vec<(String, Param)>,

@@ -378,12 +378,49 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 
 /// Writes `report.json` and `report.md` of one run into `dir`.
 pub fn write_run(r: &RunReport, dir: &Path) -> Result<()> {
-    let j = dir.join("report.json");
-    std::fs::write(
-        &j,
-        serde_json::to_string_pretty(r).expect("serialises") + "\n",
-    )
-    .map_err(|e| Error::io(&j, e))?;
-    let md = dir.join("report.md");
-    std::fs::write(&md, r.markdown()).map_err(|e| Error::io(&md, e))
+    use crate::io::atomic::write_file;
+    write_file(
+        &dir.join("report.json"),
+        (serde_json::to_string_pretty(r).expect("serialises") + "\n").as_bytes(),
+    )?;
+    write_file(&dir.join("report.md"), r.markdown().as_bytes())?;
+    let svg = crate::report::plot::curves_svg(&r.loss_curves())?;
+    write_file(&dir.join("loss.svg"), svg.as_bytes())
+}
+
+impl RunReport {
+    /// The training loss of every stage against the run's global step, one series per stage.
+    pub fn loss_curves(&self) -> crate::report::plot::Curves {
+        use crate::report::plot::{CurvePoint, Curves, Series};
+        let mut offset = 0;
+        let series = self
+            .stages
+            .iter()
+            .map(|s| {
+                let points = s
+                    .curve
+                    .iter()
+                    .map(|&(step, loss)| CurvePoint {
+                        x: (offset + step) as f64,
+                        y: loss,
+                        x_err: None,
+                        y_err: None,
+                        label: String::new(),
+                    })
+                    .collect();
+                offset += s.steps;
+                Series {
+                    name: format!("{} {}", s.index, s.name),
+                    points,
+                }
+            })
+            .collect();
+        Curves {
+            title: format!("training loss, strategy {}", self.strategy),
+            x_label: "step (all stages in order)".into(),
+            y_label: "mean training loss since the last point".into(),
+            series,
+            vlines: Vec::new(),
+        }
+    }
 }
