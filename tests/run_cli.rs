@@ -303,6 +303,10 @@ fn a_sweep_over_seeds_runs_every_cell_trains_shared_stages_once_and_resumes() {
         md.contains("## At equal learning") && md.contains("| full | lr=x3 |"),
         "{md}"
     );
+    assert!(
+        md.contains("## Learned per task") && md.contains("| pairs | other |"),
+        "{md}"
+    );
     let svg = std::fs::read_to_string(out.join("learn-forget.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("category"), "{svg}");
 

@@ -96,6 +96,9 @@ pub struct RunPoint {
     pub learned: Option<f64>,
     /// −BWT of exact match: how much earlier tasks lost by the end (positive: forgotten).
     pub forgot: Option<f64>,
+    /// R[i][i] of exact match per task (every stage's tasks, pinned stages included).
+    #[serde(default)]
+    pub diagonal: IndexMap<String, f64>,
     pub op: Option<f64>,
     pub bwt: Option<f64>,
     /// BWT of the completion loss: the rise of earlier tasks' loss (positive: forgotten).
@@ -133,6 +136,7 @@ impl RunPoint {
             dir: c.dir.display().to_string(),
             learned: learned(r),
             forgot: r.metrics.exact_match.bwt.map(|b| -b),
+            diagonal: r.metrics.exact_match.diagonal.clone(),
             op: r.metrics.exact_match.op,
             bwt: r.metrics.exact_match.bwt,
             loss_rise: r.metrics.loss.bwt,
@@ -156,6 +160,9 @@ pub struct CellSummary {
     pub seeds: usize,
     pub learned: Option<Stat>,
     pub forgot: Option<Stat>,
+    /// R[i][i] per task over seeds.
+    #[serde(default)]
+    pub diagonal: IndexMap<String, Stat>,
     pub op: Option<Stat>,
     pub bwt: Option<Stat>,
     pub loss_rise: Option<Stat>,
@@ -313,6 +320,18 @@ impl GridReport {
                     seeds: mine.len(),
                     learned: st(&|p| p.learned),
                     forgot: st(&|p| p.forgot),
+                    diagonal: mine
+                        .first()
+                        .map(|p| {
+                            p.diagonal
+                                .keys()
+                                .filter_map(|t| {
+                                    let v = st(&|q| q.diagonal.get(t).copied())?;
+                                    Some((t.clone(), v))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     op: st(&|p| p.op),
                     bwt: st(&|p| p.bwt),
                     loss_rise: st(&|p| p.loss_rise),
@@ -457,6 +476,34 @@ impl GridReport {
              stages the strategy trained. Each run's own report.md (under its directory) has the \
              full R matrices.\n"
         );
+        let tasks: Vec<&String> = self
+            .cells
+            .first()
+            .map(|c| c.diagonal.keys().collect())
+            .unwrap_or_default();
+        if !tasks.is_empty() {
+            let _ = writeln!(
+                m,
+                "## Learned per task (R[i][i], exact match right after the task's stage)\n"
+            );
+            let names: Vec<&str> = tasks.iter().map(|t| t.as_str()).collect();
+            let _ = writeln!(m, "| strategy | setting | {} |", names.join(" | "));
+            let _ = writeln!(m, "|---|---|{}", "---:|".repeat(tasks.len()));
+            for c in &self.cells {
+                let cells: Vec<String> = tasks
+                    .iter()
+                    .map(|t| Stat::show(c.diagonal.get(*t).copied(), 3))
+                    .collect();
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} |",
+                    c.strategy,
+                    c.setting.as_ref().map_or("recipe".into(), |s| s.label()),
+                    cells.join(" | ")
+                );
+            }
+            m.push('\n');
+        }
         let _ = writeln!(m, "## Runs\n");
         let _ = writeln!(m, "| run | learned | forgot | OP | loss rise | text loss |");
         let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|");
@@ -806,6 +853,7 @@ mod tests {
             dir: String::new(),
             learned: Some(learned),
             forgot: Some(forgot),
+            diagonal: IndexMap::new(),
             op: None,
             bwt: Some(-forgot),
             loss_rise: Some(forgot * 10.0),
