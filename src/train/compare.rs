@@ -15,7 +15,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use super::grid::{Cell, Setting};
-use super::report::RunReport;
+use super::report::{mean, RunReport};
 use crate::error::Result;
 use crate::report::plot::{self, CurvePoint, Curves, Heatmap, Series};
 
@@ -37,10 +37,6 @@ pub fn learned(r: &RunReport) -> Option<f64> {
         own
     };
     mean(&v)
-}
-
-fn mean(v: &[f64]) -> Option<f64> {
-    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
 /// Mean, sample standard deviation (n − 1; absent for one value) and count.

@@ -160,9 +160,7 @@ impl RunReport {
 
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("serialises") + "\n";
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::io::atomic::write_file(path, text.as_bytes())
     }
 
     /// (task, stage index) for every eval set a stage names as its task.
@@ -191,9 +189,8 @@ impl RunReport {
                 bwt.push(r_last - r_diag);
             }
         }
-        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-        s.op = mean(s.last.values().copied().collect());
-        s.bwt = mean(bwt);
+        s.op = mean(&s.last.values().copied().collect::<Vec<_>>());
+        s.bwt = mean(&bwt);
         s
     }
 
@@ -252,7 +249,7 @@ impl RunReport {
             .filter(|s| s.shared_from.is_none() && !s.pinned && s.plan.strategy == self.strategy)
             .map(|s| s.step_seconds)
             .collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        mean(&v)
     }
 
     pub fn markdown(&self) -> String {
@@ -368,6 +365,11 @@ impl RunReport {
     }
 }
 
+/// The mean of `v`; none for no values.
+pub fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
 fn fmt(v: Option<f64>, digits: usize) -> String {
     match v {
         Some(x) if x.is_finite() => format!("{x:.digits$}"),
@@ -379,10 +381,7 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
 /// Writes `report.json` and `report.md` of one run into `dir`.
 pub fn write_run(r: &RunReport, dir: &Path) -> Result<()> {
     use crate::io::atomic::write_file;
-    write_file(
-        &dir.join("report.json"),
-        (serde_json::to_string_pretty(r).expect("serialises") + "\n").as_bytes(),
-    )?;
+    r.write(&dir.join("report.json"))?;
     write_file(&dir.join("report.md"), r.markdown().as_bytes())?;
     let svg = crate::report::plot::curves_svg(&r.loss_curves())?;
     write_file(&dir.join("loss.svg"), svg.as_bytes())
