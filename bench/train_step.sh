@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Step time and optimizer memory of `category` against `full` with `hft run --compare`, on the
-# PyTorch timing shape of ../shared/EXPERIMENTS.md (hidden 256, FFN 688, 4 layers, 4 heads,
-# 2 key-value heads, vocab 512, sequences of up to 128 bytes, batch 8) and on the bundled tiny
-# recipe's first task. Run from the repository root:
+# PyTorch timing shape of the earlier experiments in docs/results.md (hidden 256, FFN 688,
+# 4 layers, 4 heads, 2 key-value heads, vocab 512, sequences of up to 128 bytes, batch 8) and on
+# the bundled tiny recipe's first task (results in docs/benchmarks.md). Run from the repository
+# root:
 #   bash bench/train_step.sh            # THREADS=1 by default (see docs/run.md)
 # Uses CARGO_TARGET_DIR if set. Prints the two compare tables.
 set -euo pipefail

@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use hft::fixtures::synth::{self, ModelSpec};
 use hft::io::dtype;
 use hft::io::writer::WriterOptions;
-use hft::synth::{self, ModelSpec};
 
 fn run() -> hft::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -16,6 +16,11 @@ pub enum Error {
     /// Arguments that contradict each other or are out of range.
     #[error("{0}")]
     Usage(String),
+    /// A value that is out of range or does not fit the others, named by its field in the
+    /// library's words (`ratio`, `density`): the CLI says which flag that was, a recipe reader
+    /// which file and line.
+    #[error("{field}: {msg}")]
+    Field { field: String, msg: String },
     /// The operating system refused a read or a write we needed (disk full, permissions).
     #[error("{}: {source}", path.display())]
     Io {
@@ -40,6 +45,22 @@ impl Error {
         Error::Usage(msg.into())
     }
 
+    pub fn field(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Field {
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// A field error placed in a file: `path: {context}{field}: {msg}` (a recipe's stage, say).
+    /// Other errors pass unchanged.
+    pub fn in_file(self, path: impl AsRef<Path>, context: &str) -> Self {
+        match self {
+            Error::Field { field, msg } => Error::input(path, format!("{context}{field}: {msg}")),
+            other => other,
+        }
+    }
+
     /// An I/O error on a path. A missing or unreadable input is the user's to fix, so it counts
     /// as bad input; anything else (disk full on write, ...) is a machine failure.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
@@ -55,7 +76,7 @@ impl Error {
 
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Input { .. } | Error::Usage(_) => 2,
+            Error::Input { .. } | Error::Usage(_) | Error::Field { .. } => 2,
             Error::Io { .. } | Error::Internal(_) => 1,
         }
     }

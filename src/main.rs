@@ -1,12 +1,14 @@
-//! The `hft` binary: parse, dispatch, map errors to exit codes (2 bad input, 1 failure).
+//! The `hft` binary: parse, set the thread count, dispatch into [`cli`], map errors to exit
+//! codes (2 bad input, 1 failure).
+
+mod cli;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use hft::cli::{Cli, Command};
-use hft::commands;
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -24,7 +26,7 @@ fn main() -> ExitCode {
             clap_complete::generate(*shell, &mut Cli::command(), "hft", &mut std::io::stdout());
             Ok(String::new())
         }
-        cmd => commands::run(cmd, cli.quiet),
+        cmd => cli::run(cmd, cli.quiet),
     };
     match result {
         Ok(out) => {
@@ -35,7 +37,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("hft: error: {e}");
+            eprintln!("hft: error: {}", cli::explain(&e));
             ExitCode::from(e.exit_code() as u8)
         }
     }

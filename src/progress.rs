@@ -1,45 +1,94 @@
-//! Progress bars on stderr, shown only when stderr is a terminal and the work is large enough
-//! to be worth watching; everywhere else (pipes, CI, tests) they cost nothing and print nothing.
+//! The one channel from the library to a person. The library never prints: long jobs report
+//! progress through a [`Progress`] counter and say things through a [`Sink`], both provided by
+//! the caller. The CLI's sink draws bars and writes lines on stderr; tests and library users
+//! pass [`Silent`] (or their own sink) and nothing reaches a terminal.
 
-use std::io::IsTerminal;
+use std::sync::Arc;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+/// What a counter counts, so a sink can show it well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Bytes,
+    Steps,
+}
 
-/// Work below this many bytes finishes too fast for a bar to help.
-const MIN_BYTES: u64 = 256 << 20;
+/// What kind of line the library has to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Something the user may want to know about the result (a tensor copied, a font missing).
+    Note,
+    /// Something that may be wrong with an input.
+    Warning,
+    /// A line of a long job's log (a stage started, a step's loss).
+    Log,
+}
 
-#[derive(Clone)]
-pub struct Progress(ProgressBar);
+/// A running count shown to a person (a progress bar on a terminal).
+pub trait Counter: Send + Sync {
+    fn inc(&self, n: u64);
+    /// A short status shown beside the count (a loss, a speed).
+    fn message(&self, msg: &str);
+    fn finish(&self);
+}
+
+/// Where the library's progress and lines go.
+pub trait Sink: Send + Sync {
+    fn say(&self, level: Level, text: &str);
+    /// A counter for `total` units of `what`, or `None` when this sink shows none (not a
+    /// terminal, quiet, or work too small to watch): the caller may then log lines instead.
+    fn counter(&self, what: &str, total: u64, unit: Unit) -> Option<Box<dyn Counter>>;
+}
+
+/// A sink that says nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+impl Sink for Silent {
+    fn say(&self, _: Level, _: &str) {}
+    fn counter(&self, _: &str, _: u64, _: Unit) -> Option<Box<dyn Counter>> {
+        None
+    }
+}
+
+/// A counter that may be absent; cheap to clone and share between threads.
+#[derive(Clone, Default)]
+pub struct Progress(Option<Arc<dyn Counter>>);
 
 impl Progress {
-    /// A byte-counting bar labelled `what`; hidden when `quiet`, when stderr is not a terminal,
-    /// or when `total` is small.
-    pub fn bytes(total: u64, what: &str, quiet: bool) -> Self {
-        let show = !quiet && total >= MIN_BYTES && std::io::stderr().is_terminal();
-        if !show {
-            return Progress::hidden();
-        }
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_message(what.to_string());
-        Progress(bar)
+    /// A byte counter for `total` bytes of `what` from `sink` (hidden if the sink shows none).
+    pub fn bytes(sink: &dyn Sink, total: u64, what: &str) -> Self {
+        Progress(sink.counter(what, total, Unit::Bytes).map(Arc::from))
+    }
+
+    /// A step counter for `total` steps of `what`.
+    pub fn steps(sink: &dyn Sink, total: u64, what: &str) -> Self {
+        Progress(sink.counter(what, total, Unit::Steps).map(Arc::from))
     }
 
     pub fn hidden() -> Self {
-        Progress(ProgressBar::hidden())
+        Progress(None)
+    }
+
+    /// Whether a person sees this counter.
+    pub fn is_shown(&self) -> bool {
+        self.0.is_some()
     }
 
     pub fn inc(&self, n: u64) {
-        self.0.inc(n);
+        if let Some(c) = &self.0 {
+            c.inc(n);
+        }
+    }
+
+    pub fn message(&self, msg: &str) {
+        if let Some(c) = &self.0 {
+            c.message(msg);
+        }
     }
 
     pub fn finish(&self) {
-        self.0.finish_and_clear();
+        if let Some(c) = &self.0 {
+            c.finish();
+        }
     }
 }

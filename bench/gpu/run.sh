@@ -6,9 +6,10 @@
 # memory for each, and the ratios hft/PyTorch and category/full; writes them to $OUT/results.md
 # and the raw JSON lines to $OUT/results.jsonl.
 #
-# On the device (after bash ../shared/gpu/build-cuda.sh --target-dir target/cuda and packing
-# .gpu/, see ../shared/gpu/README.md), in one `run` call with carry [".gpu"]:
+# On the GPU machine (after scripts/build-cuda.sh --target-dir target/cuda and packing the binary
+# into .gpu/hft.xz, see docs/gpu.md), in one device call that carries .gpu/:
 #   HFT_XZ=.gpu/hft.xz bash bench/gpu/run.sh
+# The binary runs through scripts/run-on-device.sh (the device's own CUDA libraries).
 # On a CPU, to check the scripts (tiny shape, a few steps, the release build):
 #   bash bench/gpu/run.sh --cpu
 #
@@ -31,7 +32,8 @@ if [ "${1:-}" = "--cpu" ]; then
 else
   SHAPES=${SHAPES:-smollm2 llama1b}; STEPS=${STEPS:-20}; BATCH=${BATCH:-8}; SEQ=${SEQ:-512}
   : "${HFT_XZ:?set HFT_XZ to the xz-packed CUDA build (see the header)}"
-  run_hft() { bash "$(dirname "$HFT_XZ")/run-on-device.sh" "$HFT_XZ" "$@"; }
+  HFT_XZ=$(realpath "$HFT_XZ") # hft runs from inside each model's folder
+  run_hft() { bash "$ROOT/scripts/run-on-device.sh" "$HFT_XZ" "$@"; }
   TORCH_THREADS=0
 fi
 WARMUP=${WARMUP:-3}

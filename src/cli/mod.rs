@@ -1,25 +1,30 @@
-//! Command-line definitions (clap derive). Parsing and dispatch only: every command is a call
-//! into the library, so tests of the library reach everything the binary does.
+//! The command line: the only place that knows flags, stdout and stderr. A file per command
+//! holds its clap arguments and its call into the library; this file holds the global flags,
+//! the dispatch, and what every command shares (opening checkpoints, naming flags in errors).
 
-use std::path::PathBuf;
-
-use clap::{Args, Parser, Subcommand};
-
-use crate::report::diff::{By, SortKey};
-use crate::report::Format;
-
+mod average;
+mod diff;
 #[cfg(feature = "train")]
 mod import;
-pub mod plan;
-pub use plan::PlanArgs;
+mod merge;
+mod output;
+mod plan;
+mod reset;
 #[cfg(feature = "train")]
 mod run;
-mod surgery;
-#[cfg(feature = "train")]
-pub use import::{ImportArgs, LogitsArgs};
-#[cfg(feature = "train")]
-pub use run::RunArgs;
-pub use surgery::{AverageArgs, MergeArgs, MergeMethod, OutputArgs, ResetArgs, ResetStrategy};
+mod terminal;
+
+use std::path::Path;
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{Parser, Subcommand};
+
+use hft::choice::Choice;
+use hft::error::{Error, Result};
+use hft::io::Checkpoint;
+use hft::progress::{Level, Sink};
+
+pub use terminal::Terminal;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -46,54 +51,144 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    Diff(DiffArgs),
-    Reset(ResetArgs),
-    Average(AverageArgs),
-    Merge(MergeArgs),
-    Plan(PlanArgs),
+    Diff(diff::DiffArgs),
+    Reset(reset::ResetArgs),
+    Average(average::AverageArgs),
+    Merge(merge::MergeArgs),
+    Plan(plan::PlanArgs),
     #[cfg(feature = "train")]
-    Run(RunArgs),
+    Run(run::RunArgs),
     #[cfg(feature = "train")]
-    Import(ImportArgs),
+    Import(import::ImportArgs),
     #[cfg(feature = "train")]
     #[command(hide = true)]
-    Logits(LogitsArgs),
+    Logits(import::LogitsArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
         shell: clap_complete::Shell,
     },
 }
 
-/// How much every tensor, layer and category changed from A to B.
-///
-/// Per tensor: l2_a, l2_b, l2_delta = |B-A|, rel_delta = |B-A|/|A|, cosine, max_abs_delta,
-/// mean_abs_delta, changed_frac and numel; per layer, per category and in total the same figures
-/// aggregated exactly (from sums of squares). Float tensors (F32, F16, BF16, F64) are compared
-/// numerically in f64; other dtypes byte for byte.
-#[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  \
-    hft diff base/ tuned/                       # layer x category table, top tensors\n  \
-    hft diff base/ tuned/ --format json > d.json\n  \
-    hft diff base/ tuned/ --by layer --format csv\n  \
-    hft diff base/ tuned/ --plot heat.svg       # heatmap: layers down, categories across")]
-pub struct DiffArgs {
-    /// The reference checkpoint (usually the base model).
-    pub a: PathBuf,
-    /// The checkpoint compared against A (usually the fine-tuned model).
-    pub b: PathBuf,
-    /// Output format on stdout.
-    #[arg(long, value_enum, default_value = "table")]
-    pub format: Format,
-    /// Rows of a listing (CSV, or a table listing instead of the layer x category matrix).
-    #[arg(long, value_enum)]
-    pub by: Option<By>,
-    /// Order of the rows (figures largest first, cosine smallest first).
-    #[arg(long, value_enum)]
-    pub sort: Option<SortKey>,
-    /// How many tensors the table lists as most changed.
-    #[arg(long, default_value_t = 10, value_name = "N")]
-    pub top: usize,
-    /// Also write a heatmap of relative change (layers x categories) to this .svg or .png file.
-    #[arg(long, value_name = "FILE")]
-    pub plot: Option<PathBuf>,
+/// Runs a parsed command; returns what belongs on stdout. Library errors about a field are
+/// turned into errors about the flag the user typed.
+pub fn run(cmd: &Command, quiet: bool) -> Result<String> {
+    let sink = Terminal { quiet };
+    let (name, result) = match cmd {
+        Command::Diff(a) => ("diff", diff::run(a, &sink)),
+        Command::Reset(a) => ("reset", reset::run(a, &sink)),
+        Command::Average(a) => ("average", average::run(a, &sink)),
+        Command::Merge(a) => ("merge", merge::run(a, &sink)),
+        Command::Plan(a) => ("plan", plan::run(a, &sink)),
+        #[cfg(feature = "train")]
+        Command::Run(a) => ("run", run::run(a, &sink)),
+        #[cfg(feature = "train")]
+        Command::Import(a) => ("import", import::import(a, &sink)),
+        #[cfg(feature = "train")]
+        Command::Logits(a) => ("logits", import::logits(a)),
+        Command::Completions { .. } => (
+            "completions",
+            Err(Error::Internal("completions handled by main".into())),
+        ),
+    };
+    result.map_err(|e| flags(e, name))
+}
+
+/// A clap parser for a library [`Choice`]: its names, with each variant's doc line as help.
+pub fn choice<T: Choice + Send + Sync>() -> impl TypedValueParser<Value = T> {
+    let values = T::ALL.iter().map(|c| {
+        let help = c.help().split_whitespace().collect::<Vec<_>>().join(" ");
+        PossibleValue::new(c.name()).help(help)
+    });
+    PossibleValuesParser::new(values).map(|s| T::parse(&s).expect("clap checked the name"))
+}
+
+/// Opens a checkpoint and passes its warnings on.
+pub fn open(path: &Path, sink: &dyn Sink) -> Result<Checkpoint> {
+    let ck = Checkpoint::open(path)?;
+    for w in &ck.warnings {
+        sink.say(Level::Warning, w);
+    }
+    Ok(ck)
+}
+
+/// Says which flag of `command` a library error's field came from: the library names fields
+/// (`ratio`), the user typed flags (`--ratio`). A field with no flag of that name keeps its name.
+pub fn flags(e: Error, command: &str) -> Error {
+    match e {
+        Error::Field { field, msg } => {
+            let flag = field.replace('_', "-");
+            let cli = <Cli as clap::CommandFactory>::command();
+            let known = cli.find_subcommand(command).is_some_and(|c| {
+                c.get_arguments()
+                    .any(|a| a.get_long() == Some(flag.as_str()))
+            });
+            if known {
+                Error::Usage(format!("--{flag}: {msg}"))
+            } else {
+                Error::Field { field, msg }
+            }
+        }
+        other => other,
+    }
+}
+
+/// An error as the user reads it (see [`flags_in`]).
+pub fn explain(e: &Error) -> String {
+    flags_in(&e.to_string())
+}
+
+/// A library message as the user reads it: "option `force`" becomes "--force" when hft has
+/// such a flag.
+pub fn flags_in(text: &str) -> String {
+    let cli = <Cli as clap::CommandFactory>::command();
+    let longs: Vec<String> = cli
+        .get_subcommands()
+        .flat_map(|c| c.get_arguments().filter_map(|a| a.get_long()))
+        .chain(cli.get_arguments().filter_map(|a| a.get_long()))
+        .map(str::to_string)
+        .collect();
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("option `") {
+        let after = &rest[i + "option `".len()..];
+        match after.find('`') {
+            Some(j) if longs.iter().any(|l| l == &after[..j]) => {
+                out.push_str(&rest[..i]);
+                out.push_str("--");
+                out.push_str(&after[..j]);
+                rest = &after[j + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..i + "option `".len()]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The command line as a shell would need it typed, for outputs' provenance metadata.
+pub fn command_line() -> String {
+    let mut args = std::env::args();
+    let first = args.next().map(|p| {
+        Path::new(&p)
+            .file_name()
+            .map_or(p.clone(), |n| n.to_string_lossy().into_owned())
+    });
+    first
+        .into_iter()
+        .chain(args)
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@+".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

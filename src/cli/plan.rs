@@ -1,16 +1,27 @@
-//! `hft plan`: arguments only; the work is in `crate::select` and `crate::plan`.
+//! `hft plan`: which parameters train in a stage. Builds (or checks) a plan with the
+//! selection library, then prints its map, writes it, or exports it for a trainer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{ArgAction, Args, ValueEnum};
+use clap::{ArgAction, Args};
 
-use crate::plan::export::Emit;
-use crate::select::{Balance, Prefer, Strategy};
+use hft::defaults;
+use hft::error::{Error, Result};
+use hft::io::{atomic, Checkpoint};
+use hft::plan::export::{self, Emit};
+use hft::plan::Plan;
+use hft::progress::{Level, Sink};
+use hft::report;
+use hft::select::{self, Balance, LisaOptions, ModelInfo, Prefer, SelectOptions, Strategy};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TrainFreeze {
-    Train,
-    Freeze,
+use super::{choice, Terminal};
+
+hft::choice! {
+    /// Whether a part trains.
+    pub enum TrainFreeze {
+        Train = "train",
+        Freeze = "freeze",
+    }
 }
 
 /// Which parameters train in a stage: write a freeze plan, print it as a map, or export it.
@@ -39,21 +50,21 @@ pub struct PlanArgs {
     /// magnitude needs the weights.
     pub model: PathBuf,
     /// How to choose what trains.
-    #[arg(long, value_enum, default_value = "category")]
+    #[arg(long, value_parser = choice::<Strategy>(), default_value = "category")]
     pub strategy: Strategy,
     /// Fraction that trains, in [0, 1] (default 0.5). Per-category counts scale with it; the
     /// plan's notes say how they rounded. Not for lisa (use --lisa-layers).
     #[arg(long, value_name = "R")]
     pub ratio: Option<f64>,
     /// Seed of every random draw (counter-based: the same seed gives the same plan anywhere).
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = defaults::SEED, value_name = "N")]
     pub seed: u64,
     /// Training stage: each stage redraws deterministically from the same seed.
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub stage: u64,
     /// category only: `params` picks, among the matrices the count rule allows, those whose
     /// parameter count is closest to the ratio (grouped-query attention makes k/v smaller).
-    #[arg(long, value_enum, default_value = "none")]
+    #[arg(long, value_parser = choice::<Balance>(), default_value = "none")]
     pub balance: Balance,
     /// Force tensors whose name matches REGEX (searched, not anchored) to train; repeatable.
     #[arg(long, value_name = "REGEX", action = ArgAction::Append)]
@@ -80,29 +91,29 @@ pub struct PlanArgs {
     #[arg(long)]
     pub freeze_norms: bool,
     /// The final norm alone (default: train, as the known reimplementation of HFT does).
-    #[arg(long, value_enum, value_name = "WHAT")]
+    #[arg(long, value_parser = choice::<TrainFreeze>(), value_name = "WHAT")]
     pub final_norm: Option<TrainFreeze>,
     /// delta: a previous stage's `hft diff --format json` (of this model).
     #[arg(long, value_name = "FILE")]
     pub diff: Option<PathBuf>,
     /// delta and magnitude: train the matrices with the least or the most change/weight
     /// (defaults: delta least, magnitude most).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Prefer>())]
     pub prefer: Option<Prefer>,
     /// lisa: layers that train per period (gamma).
-    #[arg(long, default_value_t = 2, value_name = "N")]
+    #[arg(long, default_value_t = defaults::LISA_LAYERS, value_name = "N")]
     pub lisa_layers: usize,
     /// lisa: optimizer steps per period (K).
-    #[arg(long, default_value_t = 20, value_name = "STEPS")]
+    #[arg(long, default_value_t = defaults::LISA_INTERVAL, value_name = "STEPS")]
     pub lisa_interval: u64,
     /// lisa: how many periods the schedule lists.
-    #[arg(long, default_value_t = 50, value_name = "N")]
+    #[arg(long, default_value_t = defaults::LISA_PERIODS, value_name = "N")]
     pub lisa_periods: usize,
     /// lisa: the period whose state the plan's tensors (and name/regex exports) show.
     #[arg(long, default_value_t = 0, value_name = "P")]
     pub period: u64,
     /// Output form: yaml (the plan file), json, names, regex, axolotl, llamafactory, torch.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Emit>())]
     pub emit: Option<Emit>,
     /// Write to FILE (atomically) instead of stdout; the map goes to stderr.
     #[arg(short, long, value_name = "FILE")]
@@ -110,4 +121,92 @@ pub struct PlanArgs {
     /// Check that the plan file PLAN fits MODEL (names and shapes); exit 2 if not.
     #[arg(long, value_name = "PLAN", conflicts_with_all = ["emit", "output"])]
     pub check: Option<PathBuf>,
+}
+
+pub fn run(args: &PlanArgs, sink: &Terminal) -> Result<String> {
+    let model = ModelInfo::open(&args.model)?;
+    if let Some(path) = &args.check {
+        return check(path, &model);
+    }
+    let opts = options(args)?;
+    let weights = if args.strategy == Strategy::Magnitude && !model.is_config_only() {
+        Some(Checkpoint::open(&args.model)?)
+    } else {
+        None
+    };
+    let plan = select::build(&model, &opts, weights.as_ref())?;
+    let map = report::plan::map(&model, &plan);
+    let note = |s: &str| sink.say(Level::Note, s);
+    match (&args.output, args.emit) {
+        (None, None) => Ok(map),
+        (None, Some(how)) => {
+            let e = export::emit(&plan, &model.layout, how)?;
+            e.notes.iter().for_each(|n| note(n));
+            Ok(e.text)
+        }
+        (Some(out), how) => {
+            let e = export::emit(&plan, &model.layout, how.unwrap_or(Emit::Yaml))?;
+            atomic::write_file(out, e.text.as_bytes())?;
+            if !sink.quiet {
+                eprint!("{map}");
+            }
+            e.notes.iter().for_each(|n| note(n));
+            sink.say(Level::Log, &format!("wrote {}", out.display()));
+            Ok(String::new())
+        }
+    }
+}
+
+fn options(a: &PlanArgs) -> Result<SelectOptions> {
+    if a.strategy == Strategy::Lisa && a.ratio.is_some() {
+        return Err(Error::usage(
+            "--strategy lisa takes --lisa-layers (layers per period), not --ratio",
+        ));
+    }
+    let both = |t: bool, f: bool| match (t, f) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let mut o = SelectOptions::new(a.strategy, a.ratio.unwrap_or(defaults::RATIO), a.seed);
+    o.stage = a.stage;
+    o.balance = a.balance;
+    o.include = a.include.clone();
+    o.exclude = a.exclude.clone();
+    o.embeddings = both(a.train_embeddings, a.freeze_embeddings);
+    o.head = both(a.train_head, a.freeze_head);
+    o.norms = both(a.train_norms, a.freeze_norms);
+    o.final_norm = a.final_norm.map(|f| f == TrainFreeze::Train);
+    o.diff = a.diff.clone();
+    o.prefer = a.prefer;
+    o.lisa = LisaOptions {
+        layers: a.lisa_layers,
+        interval: a.lisa_interval,
+        periods: a.lisa_periods,
+        period: a.period,
+    };
+    Ok(o)
+}
+
+fn check(path: &Path, model: &ModelInfo) -> Result<String> {
+    let plan = Plan::read(path)?;
+    plan.check(&model.source, model.names_shapes())
+        .map_err(|e| match e {
+            Error::Input { msg, .. } => Error::input(
+                path,
+                format!("does not fit {}: {msg}", model.source.display()),
+            ),
+            other => other,
+        })?;
+    let a = &plan.summary.all;
+    Ok(format!(
+        "ok: {} fits {} ({} model, {} tensors): strategy {}, {:.1}% of {} parameters train\n",
+        path.display(),
+        model.source.display(),
+        model.layout.family_name(),
+        model.tensors.len(),
+        plan.strategy,
+        a.fraction * 100.0,
+        a.total
+    ))
 }

@@ -1,14 +1,21 @@
-//! `hft run`: arguments only; the work is in `crate::train`.
+//! `hft run`: multi-stage training with a freeze plan per stage and a forgetting report.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
+
+use hft::error::Result;
+use hft::report;
+use hft::train::{self, Options, Outcome};
+
+use super::Terminal;
 
 /// Train a model stage by stage with a freeze plan per stage, score every eval set after every
 /// stage, and report forgetting (R matrix, OP, BWT, loss rise, step time, memory).
 ///
 /// The recipe (YAML) names the model, tokenizer, stages (data, steps, learning rate, plan),
-/// eval sets, post-hoc baselines and the output directory; see the README (`hft run`). The output gets a
+/// eval sets, post-hoc baselines and the output directory; see docs/recipe.md. The output gets a
 /// checkpoint per stage (loadable by `hft diff`), each stage's plan, run.json (the state that
 /// --resume continues from), report.json, report.md and loss.svg (training loss per stage).
 ///
@@ -63,7 +70,7 @@ pub struct RunArgs {
     #[arg(long, short, value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// Run the recipe's smaller variant: its `quick` block laid over it (fewer steps, eval
-    /// subsets, another output; see the README).
+    /// subsets, another output; see docs/recipe.md).
     #[arg(long)]
     pub quick: bool,
     /// The dtype of matrix products: f32, or bf16/f16 (autocast: master weights, gradients,
@@ -74,4 +81,42 @@ pub struct RunArgs {
     /// cpu, or cuda[:N] (needs a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+pub fn run(a: &RunArgs, sink: &Terminal) -> Result<String> {
+    // candle's CPU kernels size their thread pools from RAYON_NUM_THREADS, not from rayon's
+    // global pool (which `--threads` sets in main): pass the count on.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var(
+            "RAYON_NUM_THREADS",
+            rayon::current_num_threads().to_string(),
+        );
+    }
+    let device = train::device(&a.device)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let o = Options {
+        device,
+        compare: a.compare.clone(),
+        sweep: a.sweep.clone(),
+        seeds: a.seeds.clone(),
+        match_at: a.match_at.clone(),
+        jobs: a.jobs.map(|j| j as usize),
+        threads: rayon::current_num_threads(),
+        plot: a.plot.clone(),
+        precision: a.precision.clone(),
+        quick: a.quick,
+        output: a.output.clone(),
+        resume: a.resume,
+        force: a.force,
+        quiet: sink.quiet,
+        sink: Arc::new(Terminal { quiet: sink.quiet }),
+        reporter: Arc::new(report::Files {
+            sink: Arc::new(Terminal { quiet: sink.quiet }),
+        }),
+        command,
+    };
+    Ok(match train::run_recipe(&a.recipe, &o)? {
+        Outcome::One(r) => report::run::markdown(&r),
+        Outcome::Grid(g) => report::grid::markdown(&g),
+    })
 }

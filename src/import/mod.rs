@@ -14,11 +14,13 @@
 //!   `(i, i + head_dim/2)`. [`unpermute_rows`] is the inverse of `permute` in
 //!   llama.cpp's `convert_hf_to_gguf.py`, so the output computes exactly what the GGUF computes.
 
-pub mod logits;
-pub mod synth;
+mod names;
 #[cfg(test)]
 mod tests;
 pub mod tokenizer;
+
+pub use names::{hf_name, unpermute_rows};
+use names::{map_tensors, role};
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -31,10 +33,11 @@ use candle_core::Device;
 use rayon::prelude::*;
 use serde_json::{json, Map};
 
+use crate::arch::Category;
 use crate::error::{Error, Result};
 use crate::io::dtype::{encode_f32, DType, CHUNK};
 use crate::io::writer::{provenance, resolve_path, CheckpointWriter, TensorSpec, WriterOptions};
-use crate::progress::Progress;
+use crate::progress::{Progress, Sink};
 
 /// The only GGUF architecture imported: the family `hft run` trains and whose tensors map
 /// one-to-one onto Hugging Face's `LlamaForCausalLM`.
@@ -49,7 +52,6 @@ pub struct ImportOptions {
     pub force: bool,
     /// Write `tokenizer.json` and `tokenizer_config.json` (off: weights and configs only).
     pub tokenizer: bool,
-    pub quiet: bool,
     /// The command line, recorded in the safetensors metadata.
     pub command: String,
 }
@@ -257,7 +259,7 @@ impl GgufModel {
             eos: token("tokenizer.ggml.eos_token_id"),
             pad: token("tokenizer.ggml.padding_token_id"),
         };
-        let tensors = map_tensors(&content, &hparams).map_err(bad)?;
+        let tensors = map_tensors(path, &content, &hparams)?;
         Ok(GgufModel {
             path: path.to_path_buf(),
             content,
@@ -268,7 +270,10 @@ impl GgufModel {
 
     /// Whether the output head shares the embedding matrix (no `output.weight` in the GGUF).
     pub fn tied(&self) -> bool {
-        !self.tensors.iter().any(|t| t.hf == "lm_head.weight")
+        !self
+            .tensors
+            .iter()
+            .any(|t| role(&t.hf).category == Category::LmHead)
     }
 
     /// Reads one tensor, dequantises it to f32 and applies its transform: the values of the
@@ -383,183 +388,22 @@ impl GgufModel {
     }
 }
 
-/// The Hugging Face name of a GGUF tensor and whether it needs its rotary rows restored.
-/// `None` for names with no place in a Llama checkpoint.
-pub fn hf_name(gguf: &str, h: &Hparams) -> Option<(String, Transform)> {
-    let whole = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(n) = whole {
-        return Some((n.to_string(), Transform::Copy));
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    if layer >= h.layers {
-        return None;
-    }
-    let (part, transform) = match rest {
-        "attn_norm.weight" => ("input_layernorm.weight", Transform::Copy),
-        "ffn_norm.weight" => ("post_attention_layernorm.weight", Transform::Copy),
-        "attn_q.weight" => ("self_attn.q_proj.weight", Transform::Unpermute(h.heads)),
-        "attn_k.weight" => ("self_attn.k_proj.weight", Transform::Unpermute(h.kv_heads)),
-        "attn_v.weight" => ("self_attn.v_proj.weight", Transform::Copy),
-        "attn_output.weight" => ("self_attn.o_proj.weight", Transform::Copy),
-        "attn_q.bias" => ("self_attn.q_proj.bias", Transform::Unpermute(h.heads)),
-        "attn_k.bias" => ("self_attn.k_proj.bias", Transform::Unpermute(h.kv_heads)),
-        "attn_v.bias" => ("self_attn.v_proj.bias", Transform::Copy),
-        "ffn_gate.weight" => ("mlp.gate_proj.weight", Transform::Copy),
-        "ffn_up.weight" => ("mlp.up_proj.weight", Transform::Copy),
-        "ffn_down.weight" => ("mlp.down_proj.weight", Transform::Copy),
-        _ => return None,
-    };
-    Some((format!("model.layers.{layer}.{part}"), transform))
-}
-
-/// The shape a Hugging Face Llama tensor must have under `h`.
-fn expected_shape(hf: &str, h: &Hparams) -> Vec<usize> {
-    let (q, kv) = (h.heads * h.head_dim, h.kv_heads * h.head_dim);
-    let tail = match hf.strip_prefix("model.layers.") {
-        Some(t) => t.split_once('.').map_or(t, |(_, r)| r),
-        None => hf,
-    };
-    match tail {
-        "model.embed_tokens.weight" | "lm_head.weight" => vec![h.vocab, h.hidden],
-        "model.norm.weight" | "input_layernorm.weight" | "post_attention_layernorm.weight" => {
-            vec![h.hidden]
-        }
-        "self_attn.q_proj.weight" => vec![q, h.hidden],
-        "self_attn.k_proj.weight" | "self_attn.v_proj.weight" => vec![kv, h.hidden],
-        "self_attn.o_proj.weight" => vec![h.hidden, q],
-        "self_attn.q_proj.bias" => vec![q],
-        "self_attn.k_proj.bias" | "self_attn.v_proj.bias" => vec![kv],
-        "mlp.gate_proj.weight" | "mlp.up_proj.weight" => vec![h.intermediate, h.hidden],
-        "mlp.down_proj.weight" => vec![h.hidden, h.intermediate],
-        _ => vec![],
-    }
-}
-
-/// Rank of a Hugging Face name in the canonical order (embeddings, layer by layer in the order
-/// of a Llama layer, final norm, head), so outputs list tensors the way `save_pretrained` does.
-fn order_key(hf: &str) -> (usize, usize, usize) {
-    const PARTS: [&str; 12] = [
-        "input_layernorm.weight",
-        "self_attn.q_proj.weight",
-        "self_attn.q_proj.bias",
-        "self_attn.k_proj.weight",
-        "self_attn.k_proj.bias",
-        "self_attn.v_proj.weight",
-        "self_attn.v_proj.bias",
-        "self_attn.o_proj.weight",
-        "post_attention_layernorm.weight",
-        "mlp.gate_proj.weight",
-        "mlp.up_proj.weight",
-        "mlp.down_proj.weight",
-    ];
-    match hf {
-        "model.embed_tokens.weight" => (0, 0, 0),
-        "model.norm.weight" => (2, 0, 0),
-        "lm_head.weight" => (3, 0, 0),
-        _ => {
-            let t = hf.strip_prefix("model.layers.").unwrap_or(hf);
-            let (l, rest) = t.split_once('.').unwrap_or((t, ""));
-            let p = PARTS.iter().position(|p| *p == rest).unwrap_or(PARTS.len());
-            (1, l.parse().unwrap_or(usize::MAX), p)
-        }
-    }
-}
-
-fn map_tensors(c: &Content, h: &Hparams) -> std::result::Result<Vec<Mapped>, String> {
-    let mut out = Vec::new();
-    for (name, info) in &c.tensor_infos {
-        if name == "rope_freqs.weight" {
-            return Err(
-                "tensor `rope_freqs.weight` (Llama 3.1 rope frequency scaling) is not \
-                        supported by hft's Llama"
-                    .into(),
-            );
-        }
-        let (hf, transform) = hf_name(name, h).ok_or_else(|| {
-            format!("tensor `{name}` has no place in a Hugging Face Llama checkpoint")
-        })?;
-        let shape = info.shape.dims().to_vec();
-        let want = expected_shape(&hf, h);
-        if shape != want {
-            return Err(format!(
-                "tensor `{name}` has shape {shape:?}, the metadata implies {want:?}"
-            ));
-        }
-        out.push(Mapped {
-            gguf: name.clone(),
-            hf,
-            shape,
-            transform,
-        });
-    }
-    let have: std::collections::HashSet<&str> = out.iter().map(|m| m.hf.as_str()).collect();
-    let mut needed = vec![
-        "model.embed_tokens.weight".to_string(),
-        "model.norm.weight".into(),
-    ];
-    for l in 0..h.layers {
-        for p in [
-            "input_layernorm.weight",
-            "self_attn.q_proj.weight",
-            "self_attn.k_proj.weight",
-            "self_attn.v_proj.weight",
-            "self_attn.o_proj.weight",
-            "post_attention_layernorm.weight",
-            "mlp.gate_proj.weight",
-            "mlp.up_proj.weight",
-            "mlp.down_proj.weight",
-        ] {
-            needed.push(format!("model.layers.{l}.{p}"));
-        }
-    }
-    if let Some(missing) = needed.iter().find(|n| !have.contains(n.as_str())) {
-        return Err(format!("incomplete model: no tensor for `{missing}`"));
-    }
-    out.sort_by_key(|m| order_key(&m.hf));
-    Ok(out)
-}
-
-/// Restores Hugging Face row order from llama.cpp's rotary layout.
-///
-/// `convert_hf_to_gguf.py` stores `w.reshape(n_head, 2, hd/2, ...).swapaxes(1, 2)`: in each
-/// head, GGUF row `2j + a` holds Hugging Face row `a * hd/2 + j`. Works for matrices (rows of
-/// `len / rows` values) and bias vectors alike.
-pub fn unpermute_rows(vals: &[f32], rows: usize, n_head: usize) -> Vec<f32> {
-    let cols = vals.len() / rows.max(1);
-    let hd = rows / n_head.max(1);
-    let half = hd / 2;
-    let mut out = vec![0f32; vals.len()];
-    for h in 0..n_head {
-        for j in 0..half {
-            for a in 0..2 {
-                let src = h * hd + 2 * j + a;
-                let dst = h * hd + a * half + j;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&vals[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
 /// Imports `gguf` into the directory `out`.
-pub fn import(gguf: &Path, out: &Path, o: &ImportOptions) -> Result<ImportSummary> {
+pub fn import(
+    gguf: &Path,
+    out: &Path,
+    o: &ImportOptions,
+    sink: &dyn Sink,
+) -> Result<ImportSummary> {
     let start = Instant::now();
     if out.extension().is_some_and(|e| e == "safetensors") {
         return Err(Error::usage(format!(
-            "-o {}: give a directory (config.json and tokenizer.json go next to the weights)",
+            "output {}: give a directory (config.json and tokenizer.json go next to the weights)",
             out.display()
         )));
     }
     if !matches!(o.dtype, DType::F32 | DType::BF16 | DType::F16) {
-        return Err(Error::usage("--dtype: expected f32, bf16 or f16"));
+        return Err(Error::field("dtype", "expected f32, bf16 or f16"));
     }
     let src = resolve_path(gguf);
     let dst = resolve_path(out);
@@ -573,7 +417,7 @@ pub fn import(gguf: &Path, out: &Path, o: &ImportOptions) -> Result<ImportSummar
     let model = GgufModel::open(gguf)?;
     // The tokenizer is built before any weight is written, so a bad vocabulary fails fast.
     let tok = if o.tokenizer {
-        Some(tokenizer::build(&model.content, &model.hparams).map_err(|m| Error::input(gguf, m))?)
+        Some(tokenizer::build(&model.content, &model.hparams, gguf)?)
     } else {
         None
     };
@@ -602,7 +446,7 @@ pub fn import(gguf: &Path, out: &Path, o: &ImportOptions) -> Result<ImportSummar
     };
     let writer = CheckpointWriter::create(out, specs, &wopts)?;
     let total: u64 = writer.specs().iter().map(|s| s.nbytes() as u64).sum();
-    let progress = Progress::bytes(total, "import", o.quiet);
+    let progress = Progress::bytes(sink, total, "import");
     // Tensor by tensor, a few at a time: each worker holds one dequantised tensor.
     model
         .tensors

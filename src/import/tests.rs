@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType as CDType, Device, IndexOp, Tensor, D};
 
-use super::synth::{permute_rows, TinyGguf};
 use super::*;
+use crate::fixtures::gguf::{permute_rows, TinyGguf};
 use crate::io::dtype::decode_f32;
 use crate::io::Checkpoint;
 use crate::train::model::Llama;
@@ -18,7 +18,6 @@ fn opts() -> ImportOptions {
         dtype: DType::F32,
         force: false,
         tokenizer: true,
-        quiet: true,
         command: "test".into(),
     }
 }
@@ -27,7 +26,7 @@ fn tiny(dir: &Path, spec: &TinyGguf) -> (PathBuf, PathBuf) {
     let g = dir.join("tiny.gguf");
     spec.write(&g).unwrap();
     let out = dir.join("hf");
-    import(&g, &out, &opts()).unwrap();
+    import(&g, &out, &opts(), &crate::progress::Silent).unwrap();
     (g, out)
 }
 
@@ -216,7 +215,7 @@ fn compare(gguf: &Path, hf: &Path, sentences: &[&str]) -> (f64, f64, f64, f32) {
     let ck = Checkpoint::open(hf).unwrap();
     let model = Llama::load(&ck, None, CDType::F32, &Device::Cpu).unwrap();
     let tok_path = hf.join("tokenizer.json");
-    let tok = tokenizer::load(&tok_path).unwrap();
+    let tok = crate::tokenizer::load(&tok_path).unwrap();
     let (mut a, mut b, mut c, mut diff) = (0.0, 0.0, 0.0, 0f32);
     for s in sentences {
         let ids = tok.encode(s).unwrap();
@@ -273,7 +272,7 @@ fn real_smollm2_loss_matches_gguf_forward() {
     }
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("hf");
-    import(&g, &out, &opts()).unwrap();
+    import(&g, &out, &opts(), &crate::progress::Silent).unwrap();
     let (ours, reference, wrong, diff) = compare(&g, &out, &SENTENCES);
     eprintln!(
         "SmolLM2: trainer loss {ours:.6}, GGUF interleaved reference {reference:.6}, \
@@ -292,7 +291,7 @@ fn tokenizer_json_reproduces_byte_level_bpe() {
     let d = tempfile::tempdir().unwrap();
     let (_, out) = tiny(d.path(), &TinyGguf::default());
     let p = out.join("tokenizer.json");
-    let tok = tokenizer::load(&p).unwrap();
+    let tok = crate::tokenizer::load(&p).unwrap();
     // Bytes are ids 3 + b; merges follow from 259: Ġt, he, Ġthe, in, Ġa, er, Ġs, on, Ġc, at.
     assert_eq!(tok.encode("the cat").unwrap(), vec![3 + 116, 260, 267, 268]);
     assert_eq!(tok.encode(" the").unwrap(), vec![261]);
@@ -314,7 +313,7 @@ fn bad_inputs_are_one_line_errors_naming_the_file() {
     }
     .write(&g)
     .unwrap();
-    let e = import(&g, &d.path().join("o"), &opts()).unwrap_err();
+    let e = import(&g, &d.path().join("o"), &opts(), &crate::progress::Silent).unwrap_err();
     assert_eq!(e.exit_code(), 2);
     let msg = e.to_string();
     assert!(
@@ -330,7 +329,7 @@ fn bad_inputs_are_one_line_errors_naming_the_file() {
     }
     .write(&g2)
     .unwrap();
-    let e = import(&g2, &d.path().join("o2"), &opts()).unwrap_err();
+    let e = import(&g2, &d.path().join("o2"), &opts(), &crate::progress::Silent).unwrap_err();
     assert!(e.to_string().contains("pre-tokenizer `chameleon`"), "{e}");
     assert!(!d.path().join("o2").exists(), "nothing written on failure");
     // Without the tokenizer the same file imports.
@@ -338,7 +337,7 @@ fn bad_inputs_are_one_line_errors_naming_the_file() {
         tokenizer: false,
         ..opts()
     };
-    import(&g2, &d.path().join("o3"), &o).unwrap();
+    import(&g2, &d.path().join("o3"), &o, &crate::progress::Silent).unwrap();
     assert!(!d.path().join("o3/tokenizer.json").exists());
 }
 
@@ -353,7 +352,7 @@ fn bytes_missing_from_the_vocabulary_are_dropped_like_hugging_face_does() {
     assert_eq!(vocab.remove("\u{104}"), Some(serde_json::json!(3 + 4)));
     let q = d.path().join("holey.json");
     std::fs::write(&q, serde_json::to_string(&doc).unwrap()).unwrap();
-    let tok = tokenizer::load(&q).unwrap();
+    let tok = crate::tokenizer::load(&q).unwrap();
     assert_eq!(tok.limit, Some(269));
     assert_eq!(tok.encode("a\u{4}b").unwrap(), vec![3 + 97, 3 + 98]);
 }

@@ -10,12 +10,12 @@
 //! The file is written in the `1.0` layout that transformers and Python `tokenizers` read;
 //! `hft`'s own reader canonicalises it (see [`load`]).
 
-use std::path::{Path, PathBuf};
-
 use candle_core::quantized::gguf_file::{Content, Value};
 use serde_json::{json, Map};
 
 use super::{meta_str, meta_usize, Hparams};
+use std::path::Path;
+
 use crate::error::{Error, Result};
 
 /// The files written next to the weights.
@@ -71,48 +71,54 @@ fn pipeline(pre: &str) -> Option<(serde_json::Value, serde_json::Value)> {
     })
 }
 
-fn strings(c: &Content, key: &str) -> std::result::Result<Vec<String>, String> {
+fn strings(c: &Content, key: &str, path: &Path) -> Result<Vec<String>> {
+    let bad = |m: String| Error::input(path, m);
     match c.metadata.get(key) {
         Some(Value::Array(a)) => a
             .iter()
             .map(|v| match v {
                 Value::String(s) => Ok(s.clone()),
-                _ => Err(format!("`{key}` holds a non-string")),
+                _ => Err(bad(format!("`{key}` holds a non-string"))),
             })
             .collect(),
-        Some(_) => Err(format!("`{key}` is not an array")),
-        None => Err(format!("GGUF metadata lacks `{key}`")),
+        Some(_) => Err(bad(format!("`{key}` is not an array"))),
+        None => Err(bad(format!("GGUF metadata lacks `{key}`"))),
     }
 }
 
 /// Builds the tokenizer files from the GGUF metadata; `Err` is a message about the file.
-pub fn build(c: &Content, h: &Hparams) -> std::result::Result<Built, String> {
-    let model = meta_str(c, "tokenizer.ggml.model").ok_or(
-        "GGUF metadata lacks `tokenizer.ggml.model` (pass --no-tokenizer to import the weights alone)",
-    )?;
+pub fn build(c: &Content, h: &Hparams, path: &Path) -> Result<Built> {
+    let bad = |m: String| Error::input(path, m);
+    let model = meta_str(c, "tokenizer.ggml.model").ok_or_else(|| {
+        bad(
+            "GGUF metadata lacks `tokenizer.ggml.model` (option `no-tokenizer` imports the \
+             weights alone)"
+                .into(),
+        )
+    })?;
     if model != "gpt2" {
-        return Err(format!(
+        return Err(bad(format!(
             "tokenizer model `{model}` is not supported (hft import writes byte-level BPE, \
-             `gpt2`, tokenizers); pass --no-tokenizer to import the weights alone"
-        ));
+             `gpt2`, tokenizers); option `no-tokenizer` imports the weights alone"
+        )));
     }
     let pre = meta_str(c, "tokenizer.ggml.pre").unwrap_or("gpt2");
     let (normalizer, pre_tokenizer) = pipeline(pre).ok_or_else(|| {
-        format!(
-            "tokenizer pre-tokenizer `{pre}` is not supported (supported: {}); pass \
-             --no-tokenizer to import the weights alone",
+        bad(format!(
+            "tokenizer pre-tokenizer `{pre}` is not supported (supported: {}); option \
+             `no-tokenizer` imports the weights alone",
             SUPPORTED_PRE.join(", ")
-        )
+        ))
     })?;
-    let tokens = strings(c, "tokenizer.ggml.tokens")?;
+    let tokens = strings(c, "tokenizer.ggml.tokens", path)?;
     if tokens.len() != h.vocab {
-        return Err(format!(
+        return Err(bad(format!(
             "the vocabulary has {} tokens, the model {} embedding rows",
             tokens.len(),
             h.vocab
-        ));
+        )));
     }
-    let merges = strings(c, "tokenizer.ggml.merges")?;
+    let merges = strings(c, "tokenizer.ggml.merges", path)?;
     let types: Vec<u32> = match c.metadata.get("tokenizer.ggml.token_type") {
         Some(Value::Array(a)) => a
             .iter()
@@ -129,7 +135,7 @@ pub fn build(c: &Content, h: &Hparams) -> std::result::Result<Built, String> {
     let mut vocab = Map::new();
     for (i, t) in tokens.iter().enumerate() {
         if vocab.insert(t.clone(), json!(i)).is_some() {
-            return Err(format!("token `{t}` appears twice in the vocabulary"));
+            return Err(bad(format!("token `{t}` appears twice in the vocabulary")));
         }
     }
     let merges: Vec<serde_json::Value> = merges
@@ -137,7 +143,7 @@ pub fn build(c: &Content, h: &Hparams) -> std::result::Result<Built, String> {
         .map(|m| {
             m.split_once(' ')
                 .map(|(a, b)| json!([a, b]))
-                .ok_or_else(|| format!("merge `{m}` is not two tokens"))
+                .ok_or_else(|| bad(format!("merge `{m}` is not two tokens")))
         })
         .collect::<std::result::Result<_, _>>()?;
     // llama.cpp token types: 2 unknown, 3 control, 4 user-defined. Control and unknown tokens
@@ -223,89 +229,4 @@ pub fn build(c: &Content, h: &Hparams) -> std::result::Result<Built, String> {
         config: serde_json::Value::Object(cfg),
         special_tokens_map: serde_json::Value::Object(map),
     })
-}
-
-/// A `tokenizer.json` as `hft` encodes with it.
-pub struct HfTokenizer {
-    pub tok: tokenizers::pipeline::PipelineTokenizer,
-    pub path: PathBuf,
-    /// Ids at or above this were added by [`load`] for byte atoms the vocabulary lacks; they
-    /// are dropped from encodings, as Hugging Face's BPE drops characters it has no token for.
-    pub limit: Option<u32>,
-}
-
-/// Reads a `tokenizer.json` in either layout. `hft`'s `tokenizers` reads only the canonical
-/// `2.0` layout, while transformers writes (and this import writes) `1.0`, so a `1.0` file is
-/// converted in memory by the crate's own upgrade pass.
-///
-/// That reader also refuses a byte-level vocabulary without a token for every byte, and real
-/// ones lack a few (SmolLM2 has none for 0x04, 0x06, 0x13, 0x14, 0x16, 0x1D, 0xF1, 0xF2): such
-/// atoms get ids past the vocabulary here, and [`HfTokenizer::encode`] drops them, which is what
-/// the original tokenizer does with those bytes.
-pub fn load(path: &Path) -> Result<HfTokenizer> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let bad = |m: String| Error::input(path, m);
-    let canonical = if text.contains("\"version\": \"2.0\"") || text.contains("\"version\":\"2.0\"")
-    {
-        text
-    } else {
-        tokenizers::canonicalize_str(&text)
-            .map_err(|e| bad(format!("cannot convert the tokenizer: {e}")))?
-    };
-    let mut doc: serde_json::Value =
-        serde_json::from_str(&canonical).map_err(|e| bad(format!("not JSON: {e}")))?;
-    let mut limit = None;
-    let model = &mut doc["model"];
-    if model["type"] == "BPE" && model["byte_level"] == true {
-        if let Some(vocab) = model["vocab"].as_object_mut() {
-            // Past the largest id in use (not the count: a vocabulary may have gaps).
-            let n = vocab
-                .values()
-                .filter_map(|v| v.as_u64())
-                .max()
-                .map_or(0, |m| m as u32 + 1);
-            let mut next = n;
-            for c in super::synth::byte_chars() {
-                let k = c.to_string();
-                if !vocab.contains_key(&k) {
-                    vocab.insert(k, json!(next));
-                    next += 1;
-                }
-            }
-            if next > n {
-                limit = Some(n);
-            }
-        }
-    }
-    let canonical = serde_json::to_string(&doc).expect("JSON");
-    let tok = tokenizers::from_json(&canonical)
-        .map_err(|e| bad(format!("not a usable tokenizer.json: {e}")))?;
-    Ok(HfTokenizer {
-        tok,
-        path: path.to_path_buf(),
-        limit,
-    })
-}
-
-impl HfTokenizer {
-    /// Token ids of `text` (no special tokens added).
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let opts = tokenizers::pipeline::EncodeOptions {
-            add_special_tokens: false,
-            ..Default::default()
-        };
-        let enc = self
-            .tok
-            .encode(text, &opts)
-            .wait()
-            .map_err(|e| Error::input(&self.path, format!("cannot encode: {e}")))?;
-        let ids = enc
-            .first()
-            .map(|e| tokenizers::pipeline::PipelineToken::cast_slice(e.ids()).to_vec())
-            .unwrap_or_default();
-        Ok(match self.limit {
-            Some(l) => ids.into_iter().filter(|&i| i < l).collect(),
-            None => ids,
-        })
-    }
 }

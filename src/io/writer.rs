@@ -151,7 +151,7 @@ impl CheckpointWriter {
             if non_empty {
                 return Err(Error::input(
                     dest,
-                    "output exists and is not empty; choose another path or pass --force",
+                    "output exists and is not empty; choose another path or pass option `force`",
                 ));
             }
         }

@@ -13,18 +13,19 @@ use std::fmt::Write;
 use indexmap::IndexMap;
 
 use super::{Entry, Plan, State};
+use crate::arch::Layout;
 use crate::error::{Error, Result};
-use crate::layout::Layout;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Emit {
-    Yaml,
-    Json,
-    Names,
-    Regex,
-    Axolotl,
-    Llamafactory,
-    Torch,
+crate::choice! {
+    pub enum Emit {
+        Yaml = "yaml",
+        Json = "json",
+        Names = "names",
+        Regex = "regex",
+        Axolotl = "axolotl",
+        Llamafactory = "llamafactory",
+        Torch = "torch",
+    }
 }
 
 /// An export and the notes that belong on stderr with it.
@@ -43,7 +44,8 @@ pub fn emit(plan: &Plan, layout: &Layout, how: Emit) -> Result<Exported> {
         if let Some(s) = &plan.schedule {
             notes.push(format!(
                 "a {} plan changes its layers every {} steps; this export is period {} only \
-                 (--period P exports another; --emit torch follows the whole schedule)",
+                 (option `period` P exports another; option `emit` torch follows the whole \
+                 schedule)",
                 s.kind, s.interval, s.period
             ));
         }
@@ -88,9 +90,9 @@ fn partial_note(plan: &Plan, notes: &mut Vec<String>) {
         notes.push(format!(
             "{} tensor(s) train only in part (element masks or rows of fused tensors), which \
              names and regexes cannot express: they are listed as trainable whole ({}); \
-             --emit torch applies them exactly",
+             option `emit` torch applies them exactly",
             partial.len(),
-            crate::select::abbreviate(&partial)
+            super::abbreviate(&partial)
         ));
     }
 }
@@ -188,7 +190,8 @@ fn llamafactory(plan: &Plan) -> Result<String> {
         Error::usage(format!(
             "LLaMA-Factory freeze tuning cannot express this plan: {why}. It trains whole \
              first-level modules (self_attn, mlp, ...) of the first or last N layers, so it \
-             cannot pick q_proj over k_proj or scattered layers; use --emit axolotl, regex or torch"
+             cannot pick q_proj over k_proj or scattered layers; use option `emit` axolotl, \
+             regex or torch"
         ))
     };
     if let Some((n, _)) = plan.tensors.iter().find(|(_, e)| is_partial(e)) {

@@ -14,9 +14,9 @@ use std::path::Path;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+use crate::arch::Layout;
 use crate::error::{Error, Result};
 use crate::io::checkpoint::natural_cmp;
-use crate::layout::Layout;
 use crate::rng;
 
 /// Version of the plan file format; bumped on any incompatible change.
@@ -320,6 +320,15 @@ impl Plan {
             ),
         ))
     }
+}
+
+/// The first few of a list of names, for notes.
+pub fn abbreviate(names: &[String]) -> String {
+    let mut s = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 3 {
+        s.push_str(&format!(" and {} more", names.len() - 3));
+    }
+    s
 }
 
 #[cfg(test)]

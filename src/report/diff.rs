@@ -4,28 +4,30 @@ use std::cmp::Ordering;
 use std::fmt::Write;
 
 use super::{csv_field, csv_num, num};
-use crate::diff::DiffReport;
+use crate::analysis::diff::DiffReport;
+use crate::analysis::stats::Figures;
+use crate::arch::Category;
 use crate::io::checkpoint::natural_cmp;
-use crate::layout::Category;
-use crate::stats::Figures;
 
-/// What one row of a listing is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum By {
-    Tensor,
-    Layer,
-    Category,
+crate::choice! {
+    /// What one row of a listing is.
+    pub enum By {
+        Tensor = "tensor",
+        Layer = "layer",
+        Category = "category",
+    }
 }
 
-/// Row order of listings: figures largest first (cosine smallest first), names naturally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SortKey {
-    RelDelta,
-    L2Delta,
-    MaxAbsDelta,
-    ChangedFrac,
-    Cosine,
-    Name,
+crate::choice! {
+    /// Row order of listings: figures largest first (cosine smallest first), names naturally.
+    pub enum SortKey {
+        RelDelta = "rel-delta",
+        L2Delta = "l2-delta",
+        MaxAbsDelta = "max-abs-delta",
+        ChangedFrac = "changed-frac",
+        Cosine = "cosine",
+        Name = "name",
+    }
 }
 
 struct Row {

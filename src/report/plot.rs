@@ -4,10 +4,11 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::diff::DiffReport;
+use crate::analysis::diff::DiffReport;
+use crate::arch::Category;
 use crate::error::{Error, Result};
 use crate::io::atomic;
-use crate::layout::Category;
+use crate::progress::{Level, Sink};
 
 /// A matrix to draw as a heatmap: rows top to bottom, columns left to right.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,19 +41,19 @@ fn colour(t: f64) -> RGBColor {
 
 /// Writes `h` to `path`: `.svg`, or `.png` (the SVG rasterised with resvg; text uses the
 /// system's fonts, so on a machine without any the labels are missing and a note says so).
-pub fn heatmap(h: &Heatmap, path: &Path) -> Result<()> {
+pub fn heatmap(h: &Heatmap, path: &Path, sink: &dyn Sink) -> Result<()> {
     let svg = heatmap_svg(h)?;
-    write_plot(&svg, path)
+    write_plot(&svg, path, sink)
 }
 
 /// Writes an SVG document to `path` as SVG or PNG, chosen by the extension.
-pub fn write_plot(svg: &str, path: &Path) -> Result<()> {
+pub fn write_plot(svg: &str, path: &Path, sink: &dyn Sink) -> Result<()> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     match ext.as_deref() {
         Some("svg") => atomic::write_file(path, svg.as_bytes()),
-        Some("png") => atomic::write_file(path, &rasterise(svg, path)?),
+        Some("png") => atomic::write_file(path, &rasterise(svg, path, sink)?),
         _ => Err(Error::usage(format!(
             "plot `{}`: the file name must end in .svg or .png",
             path.display()
@@ -60,7 +61,7 @@ pub fn write_plot(svg: &str, path: &Path) -> Result<()> {
     }
 }
 
-fn rasterise(svg: &str, path: &Path) -> Result<Vec<u8>> {
+fn rasterise(svg: &str, path: &Path, sink: &dyn Sink) -> Result<Vec<u8>> {
     use resvg::{tiny_skia, usvg};
     let mut opt = usvg::Options::default();
     let db = opt.fontdb_mut();
@@ -73,7 +74,10 @@ fn rasterise(svg: &str, path: &Path) -> Result<Vec<u8>> {
     if let Some(family) = sans {
         db.set_sans_serif_family(family);
     } else if db.is_empty() {
-        eprintln!("hft: note: no system fonts found; the PNG has no labels (use .svg)");
+        sink.say(
+            Level::Note,
+            "no system fonts found; the PNG has no labels (use .svg)",
+        );
     }
     let fail = |e: String| Error::io(path, std::io::Error::other(e));
     let tree = usvg::Tree::from_str(svg, &opt).map_err(|e| fail(e.to_string()))?;

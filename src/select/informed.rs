@@ -117,13 +117,13 @@ pub(crate) fn delta_scores(model: &ModelInfo, us: &Units, path: &Path) -> Result
     let v: Value = serde_json::from_str(&text).map_err(|e| {
         Error::input(
             path,
-            format!("not valid JSON ({e}); expected `hft diff --format json` output"),
+            format!("not valid JSON ({e}); expected the JSON output of hft diff"),
         )
     })?;
     let list = v.get("tensors").and_then(Value::as_array).ok_or_else(|| {
         Error::input(
             path,
-            "has no `tensors` list; expected `hft diff --format json` output",
+            "has no `tensors` list; expected the JSON output of hft diff",
         )
     })?;
     let mut diff: HashMap<String, (Option<Vec<usize>>, Option<f64>)> = HashMap::new();

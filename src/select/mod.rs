@@ -15,172 +15,70 @@
 
 pub mod config;
 mod informed;
+mod model;
 mod strategies;
 pub mod units;
 
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use indexmap::IndexMap;
 use regex::Regex;
 use serde_json::{json, Value};
 
+use crate::defaults;
 use crate::error::{Error, Result};
-use crate::io::checkpoint::INDEX_NAME;
 use crate::io::Checkpoint;
-use crate::layout::Layout;
-use crate::plan::{Entry, Fingerprint, Plan, Schedule, FORMAT_VERSION};
+use crate::plan::abbreviate;
+use crate::plan::{Entry, Plan, Schedule, FORMAT_VERSION};
 use crate::rng;
 use units::{Kind, Units};
 
-/// The tensors of a model, from a checkpoint's headers or from a config.json alone.
-#[derive(Debug, Clone)]
-pub struct ModelInfo {
-    pub source: PathBuf,
-    pub layout: Layout,
-    /// Names and shapes in natural name order.
-    pub tensors: Vec<(String, Vec<usize>)>,
-}
+pub use model::ModelInfo;
 
-impl ModelInfo {
-    pub fn from_checkpoint(ck: &Checkpoint) -> Self {
-        ModelInfo {
-            source: ck.source.clone(),
-            layout: Layout::for_checkpoint(ck),
-            tensors: ck
-                .tensors()
-                .iter()
-                .map(|t| (t.name.clone(), t.shape.clone()))
-                .collect(),
-        }
-    }
-
-    /// A checkpoint (only headers are read), a `config.json`, or a directory holding a
-    /// config.json and no weights.
-    pub fn open(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        let is_config_file = meta.is_file()
-            && path.extension().is_some_and(|e| e == "json")
-            && path.file_name().is_some_and(|n| n != INDEX_NAME);
-        if is_config_file {
-            return Self::from_config(path);
-        }
-        if meta.is_dir() && path.join("config.json").is_file() && !has_weights(path)? {
-            return Self::from_config(&path.join("config.json"));
-        }
-        Ok(Self::from_checkpoint(&Checkpoint::open(path)?))
-    }
-
-    fn from_config(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::input(path, format!("not valid JSON: {e}")))?;
-        let layout = Layout::detect(Some(&cfg), std::iter::empty());
-        let tensors = config::shapes(path, &cfg, &layout)?;
-        let layout = Layout::detect(Some(&cfg), tensors.iter().map(|(n, _)| n.as_str()));
-        Ok(ModelInfo {
-            source: path.to_path_buf(),
-            layout,
-            tensors,
-        })
-    }
-
-    /// True when the shapes came from a config.json (no weights to read).
-    pub fn is_config_only(&self) -> bool {
-        self.source.extension().is_some_and(|e| e == "json")
-            && self.source.file_name().is_some_and(|n| n != INDEX_NAME)
-    }
-
-    pub fn names_shapes(&self) -> impl Iterator<Item = (&str, &[usize])> {
-        self.tensors.iter().map(|(n, s)| (n.as_str(), s.as_slice()))
-    }
-
-    pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint::of(&self.layout, self.names_shapes())
+crate::choice! {
+    /// How a plan chooses what trains.
+    pub enum Strategy {
+        /// The paper's rule per layer: 2 of 4 attention matrices, FFN 2 of 3 in half the layers
+        /// and 1 of 3 in the rest, 1 of 2 norms.
+        Category = "category",
+        /// Whole layers: a random `ratio` of them train.
+        Layer = "layer",
+        /// A random `ratio` of all weight matrices of the model (and of all norms).
+        Model = "model",
+        /// Every parameter tensor by a seeded element mask at exactly `ratio`.
+        Element = "element",
+        /// Everything trains (the full fine-tuning baseline).
+        Full = "full",
+        /// Nothing trains.
+        None = "none",
+        /// Matrices by weight RMS (needs the weights): the largest train.
+        Magnitude = "magnitude",
+        /// Matrices by relative change in a previous stage's `hft diff --format json`.
+        Delta = "delta",
+        /// LISA: gamma random layers train per period of K steps; embeddings and head always.
+        Lisa = "lisa",
     }
 }
 
-fn has_weights(dir: &Path) -> Result<bool> {
-    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".safetensors")
-            || name == INDEX_NAME
-            || name.ends_with(".bin")
-            || name.ends_with(".pt")
-            || name.ends_with(".pth")
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Strategy {
-    /// The paper's rule per layer: 2 of 4 attention matrices, FFN 2 of 3 in half the layers
-    /// and 1 of 3 in the rest, 1 of 2 norms.
-    Category,
-    /// Whole layers: a random `ratio` of them train.
-    Layer,
-    /// A random `ratio` of all weight matrices of the model (and of all norms).
-    Model,
-    /// Every parameter tensor by a seeded element mask at exactly `ratio`.
-    Element,
-    /// Everything trains (the full fine-tuning baseline).
-    Full,
-    /// Nothing trains.
-    None,
-    /// Matrices by weight RMS (needs the weights): the largest train.
-    Magnitude,
-    /// Matrices by relative change in a previous stage's `hft diff --format json`.
-    Delta,
-    /// LISA: gamma random layers train per period of K steps; embeddings and head always.
-    Lisa,
-}
-
-impl Strategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Category => "category",
-            Strategy::Layer => "layer",
-            Strategy::Model => "model",
-            Strategy::Element => "element",
-            Strategy::Full => "full",
-            Strategy::None => "none",
-            Strategy::Magnitude => "magnitude",
-            Strategy::Delta => "delta",
-            Strategy::Lisa => "lisa",
-        }
+crate::choice! {
+    /// How `category` picks among the matrices the count rule allows.
+    pub enum Balance {
+        /// Uniformly at random (the paper).
+        None = "none",
+        /// The allowed subset whose parameter count is closest to the ratio (grouped-query
+        /// attention makes k and v smaller than q and o).
+        Params = "params",
     }
 }
 
-/// How `category` picks among the matrices the count rule allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Balance {
-    /// Uniformly at random (the paper).
-    #[default]
-    None,
-    /// The allowed subset whose parameter count is closest to the ratio (grouped-query
-    /// attention makes k and v smaller than q and o).
-    Params,
-}
-
-/// For the informed strategies: train the highest or the lowest scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Prefer {
-    Least,
-    Most,
-}
-
-impl Prefer {
-    fn as_str(self) -> &'static str {
-        match self {
-            Prefer::Least => "least",
-            Prefer::Most => "most",
-        }
+crate::choice! {
+    /// For the informed strategies: train the highest or the lowest scores.
+    pub enum Prefer {
+        Least = "least",
+        Most = "most",
     }
 }
 
@@ -200,9 +98,9 @@ pub struct LisaOptions {
 impl Default for LisaOptions {
     fn default() -> Self {
         LisaOptions {
-            layers: 2,
-            interval: 20,
-            periods: 50,
+            layers: defaults::LISA_LAYERS,
+            interval: defaults::LISA_INTERVAL,
+            periods: defaults::LISA_PERIODS,
             period: 0,
         }
     }
@@ -326,33 +224,41 @@ pub fn build(
     weights: Option<&Checkpoint>,
 ) -> Result<Plan> {
     if !opts.ratio.is_finite() || !(0.0..=1.0).contains(&opts.ratio) {
-        return Err(Error::usage(format!(
-            "--ratio {} is outside [0, 1]: it is the fraction of parameters that trains",
-            opts.ratio
-        )));
+        return Err(Error::field(
+            "ratio",
+            format!(
+                "{} is outside [0, 1]: it is the fraction of parameters that trains",
+                opts.ratio
+            ),
+        ));
     }
     if opts.balance == Balance::Params && opts.strategy != Strategy::Category {
-        return Err(Error::usage(format!(
-            "--balance params applies to --strategy category only, not {}",
-            opts.strategy.as_str()
-        )));
+        return Err(Error::field(
+            "balance",
+            format!(
+                "`params` applies to strategy `category` only, not `{}`",
+                opts.strategy.as_str()
+            ),
+        ));
     }
     if opts.strategy == Strategy::Lisa && !(opts.include.is_empty() && opts.exclude.is_empty()) {
-        return Err(Error::usage(
-            "--include/--exclude cannot be combined with --strategy lisa: its layers change every period",
+        return Err(Error::field(
+            "include",
+            "forcing tensors in or out cannot be combined with strategy `lisa`: its layers \
+             change every period",
         ));
     }
     if opts.diff.is_some() && opts.strategy != Strategy::Delta {
-        return Err(Error::usage("--diff is used by --strategy delta only"));
+        return Err(Error::field("diff", "is used by strategy `delta` only"));
     }
     let compile = |res: &[String], flag: &str| -> Result<Vec<Regex>> {
         res.iter()
             .map(|r| {
                 Regex::new(r).map_err(|e| {
-                    Error::usage(format!(
-                        "--{flag} `{r}` is not a valid regex: {}",
-                        first_line(&e.to_string())
-                    ))
+                    Error::field(
+                        flag,
+                        format!("`{r}` is not a valid regex: {}", first_line(&e.to_string())),
+                    )
                 })
             })
             .collect()
@@ -371,10 +277,13 @@ pub fn build(
         Strategy::None => strategies::uniform(&us, Pick::Freeze, opts.ratio),
         Strategy::Magnitude => {
             let w = weights.ok_or_else(|| {
-                Error::usage(format!(
-                    "--strategy magnitude needs the weights, and {} is a config.json: give the checkpoint",
-                    model.source.display()
-                ))
+                Error::field(
+                    "strategy",
+                    format!(
+                        "`magnitude` needs the weights, and {} is a config.json: give the checkpoint",
+                        model.source.display()
+                    ),
+                )
             })?;
             let scores = informed::magnitude_scores(model, &us, w)?;
             let prefer = opts.prefer.unwrap_or(Prefer::Most);
@@ -382,7 +291,10 @@ pub fn build(
         }
         Strategy::Delta => {
             let path = opts.diff.as_ref().ok_or_else(|| {
-                Error::usage("--strategy delta needs --diff FILE (a previous stage's `hft diff --format json`)")
+                Error::field(
+                    "diff",
+                    "strategy `delta` needs a previous stage's diff of this model (the JSON of hft diff)",
+                )
             })?;
             let scores = informed::delta_scores(model, &us, path)?;
             let prefer = opts.prefer.unwrap_or(Prefer::Least);
@@ -425,15 +337,6 @@ fn first_line(s: &str) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// The first few of a list of names, for notes.
-pub(crate) fn abbreviate(names: &[String]) -> String {
-    let mut s = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
-    if names.len() > 3 {
-        s.push_str(&format!(" and {} more", names.len() - 3));
-    }
-    s
 }
 
 /// The embedding/head/norm flags, applied on top of the strategy's picks.
@@ -543,7 +446,7 @@ fn force(
             }
             *entry = Entry::FREEZE;
         } else if include.iter().any(|r| r.is_match(name)) {
-            if model.layout.role(name).category == crate::layout::Category::Buffer {
+            if model.layout.role(name).category == crate::arch::Category::Buffer {
                 buffers.push(name.clone());
             } else {
                 if *entry != Entry::TRAIN {
@@ -555,7 +458,7 @@ fn force(
     }
     if !include.is_empty() {
         notes.push(format!(
-            "--include made {} tensor(s) train whole{}",
+            "option `include` made {} tensor(s) train whole{}",
             forced_in.len(),
             if forced_in.is_empty() {
                 String::new()
@@ -566,7 +469,7 @@ fn force(
     }
     if !exclude.is_empty() {
         notes.push(format!(
-            "--exclude froze {} tensor(s){}",
+            "option `exclude` froze {} tensor(s){}",
             forced_out.len(),
             if forced_out.is_empty() {
                 String::new()
@@ -577,7 +480,7 @@ fn force(
     }
     if !buffers.is_empty() {
         notes.push(format!(
-            "--include matched buffers, which are not parameters and stay frozen: {}",
+            "option `include` matched buffers, which are not parameters and stay frozen: {}",
             abbreviate(&buffers)
         ));
     }

@@ -27,9 +27,9 @@ fn note_other(us: &Units, notes: &mut Vec<String>) {
         .collect();
     if !other.is_empty() {
         notes.push(format!(
-            "{} tensor group(s) of unknown role train whole (--exclude freezes them): {}",
+            "{} tensor group(s) of unknown role train whole (option `exclude` freezes them): {}",
             other.len(),
-            super::abbreviate(&other)
+            crate::plan::abbreviate(&other)
         ));
     }
 }
@@ -305,19 +305,25 @@ pub(crate) fn lisa(us: &Units, opts: &LisaOptions, seed: u64) -> Result<Drawn> {
     let layers = us.layers();
     let n = layers.len();
     if opts.layers == 0 || opts.layers > n {
-        return Err(Error::usage(format!(
-            "--lisa-layers {} must be between 1 and the model's {n} layers",
-            opts.layers
-        )));
+        return Err(Error::field(
+            "lisa_layers",
+            format!(
+                "{} must be between 1 and the model's {n} layers",
+                opts.layers
+            ),
+        ));
     }
     if opts.interval == 0 {
-        return Err(Error::usage("--lisa-interval must be at least 1 step"));
+        return Err(Error::field("lisa_interval", "must be at least 1 step"));
     }
     if opts.period >= opts.periods as u64 {
-        return Err(Error::usage(format!(
-            "--period {} is past the {} periods the schedule lists (raise --lisa-periods)",
-            opts.period, opts.periods
-        )));
+        return Err(Error::field(
+            "period",
+            format!(
+                "{} is past the {} periods the schedule lists (raise option `lisa-periods`)",
+                opts.period, opts.periods
+            ),
+        ));
     }
     let periods: Vec<Vec<usize>> = (0..opts.periods)
         .map(|p| {

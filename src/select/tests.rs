@@ -77,17 +77,17 @@ fn assert_category_rule(m: &ModelInfo, p: &Plan) {
     for (name, e) in &p.tensors {
         let role = m.layout.role(name);
         match role.unit_category() {
-            crate::layout::Category::Embed
-            | crate::layout::Category::PosEmbed
-            | crate::layout::Category::LmHead
-            | crate::layout::Category::FinalNorm => assert_eq!(e, &Entry::TRAIN, "{name}"),
-            crate::layout::Category::Buffer => assert_eq!(e, &Entry::FREEZE, "{name}"),
+            crate::arch::Category::Embed
+            | crate::arch::Category::PosEmbed
+            | crate::arch::Category::LmHead
+            | crate::arch::Category::FinalNorm => assert_eq!(e, &Entry::TRAIN, "{name}"),
+            crate::arch::Category::Buffer => assert_eq!(e, &Entry::FREEZE, "{name}"),
             _ => {}
         }
         // A bias has the entry of its weight (same rows for a fused c_attn, whose weight
         // splits columns and whose bias splits its only axis).
         if let Some(w) = name.strip_suffix(".bias").map(|s| format!("{s}.weight")) {
-            if role.category == crate::layout::Category::Bias {
+            if role.category == crate::arch::Category::Bias {
                 let we = &p.tensors[&w];
                 match (we, e) {
                     (Entry::Rows { rows: a, .. }, Entry::Rows { rows: b, axis }) => {
@@ -185,9 +185,9 @@ fn element_masks_hit_the_ratio_exactly_per_tensor() {
                     assert!(
                         matches!(
                             c,
-                            crate::layout::Category::Embed
-                                | crate::layout::Category::LmHead
-                                | crate::layout::Category::FinalNorm
+                            crate::arch::Category::Embed
+                                | crate::arch::Category::LmHead
+                                | crate::arch::Category::FinalNorm
                         ),
                         "{name}"
                     );
@@ -314,14 +314,18 @@ fn bad_options_are_usage_errors() {
     assert!(build(&m, &o, None).is_err());
     let mut o = SelectOptions::new(Strategy::Category, 0.5, 1);
     o.include = vec!["(".into()];
-    assert!(build(&m, &o, None)
-        .unwrap_err()
-        .to_string()
-        .contains("--include"));
+    let e = build(&m, &o, None).unwrap_err();
+    assert!(
+        matches!(&e, crate::Error::Field { field, .. } if field == "include"),
+        "{e}"
+    );
     let e = build(&m, &SelectOptions::new(Strategy::Magnitude, 0.5, 1), None).unwrap_err();
     assert_eq!(e.exit_code(), 2);
     let e = build(&m, &SelectOptions::new(Strategy::Delta, 0.5, 1), None).unwrap_err();
-    assert!(e.to_string().contains("--diff"));
+    assert!(
+        matches!(&e, crate::Error::Field { field, .. } if field == "diff"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -409,7 +413,7 @@ fn magnitude_reads_weights_and_delta_reads_a_diff() {
     // The synthetic tuned model leaves layer 0's k_proj untouched: `delta` (least moved)
     // trains it first, `--prefer most` never.
     let a = Checkpoint::open(fixture("llama-base")).unwrap();
-    let r = crate::diff::diff(&a, &ck, &crate::progress::Progress::bytes(0, "", true)).unwrap();
+    let r = crate::analysis::diff::diff(&a, &ck, &crate::progress::Progress::hidden()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dpath = dir.path().join("d.json");
     std::fs::write(&dpath, crate::report::json(&r)).unwrap();

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 
 use super::ModelInfo;
-use crate::layout::Category;
+use crate::arch::Category;
 use crate::plan::{mask_count, Count, Entry, State, Summary};
 
 /// A tensor, or the index ranges of one part of a fused tensor, belonging to a unit.

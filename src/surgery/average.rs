@@ -27,8 +27,8 @@ use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
 use super::{Combine, TensorOp, TensorView};
+use crate::arch::{Category, Role};
 use crate::error::{Error, Result};
-use crate::layout::{Category, Role};
 
 /// A set of categories a rule applies to.
 #[derive(Debug, Clone, PartialEq)]
@@ -218,7 +218,7 @@ impl Linear {
         let models = default.len();
         let Some((cfg, path)) = config else {
             return Ok(Linear {
-                default: prepare(&default, normalize, "--weights")?,
+                default: prepare(&default, normalize, "weights")?,
                 rules: Vec::new(),
             });
         };
@@ -243,7 +243,7 @@ impl Linear {
         };
         let default = match &cfg.default {
             Some(d) => count(d, "`default`")?,
-            None => prepare(&default, normalize, "--weights")?,
+            None => prepare(&default, normalize, "weights")?,
         };
         let rules = cfg
             .rules
@@ -263,14 +263,12 @@ impl Linear {
     }
 }
 
-fn prepare(w: &[f64], normalize: bool, what: &str) -> Result<Vec<f64>> {
+fn prepare(w: &[f64], normalize: bool, field: &str) -> Result<Vec<f64>> {
     if w.iter().any(|x| !x.is_finite()) {
-        return Err(Error::usage(format!(
-            "{what}: weights must be finite numbers"
-        )));
+        return Err(Error::field(field, "weights must be finite numbers"));
     }
     if normalize {
-        super::normalize(w, what)
+        super::normalize(w, field)
     } else {
         Ok(w.to_vec())
     }

@@ -13,6 +13,7 @@
 
 use super::radix::{abs_bits, delta_thresholds};
 use super::{Combine, TensorOp, TensorView};
+use crate::defaults;
 use crate::error::{Error, Result};
 use crate::plan::mask_count;
 use crate::rng;
@@ -37,7 +38,7 @@ impl TaskArithmetic {
 
     /// DARE at drop rate `p` (in [0, 1]); `p = 1` drops everything (the result is BASE).
     pub fn dare(weights: Vec<f64>, lambda: f64, p: f64, seed: u64) -> Result<Self> {
-        check_unit("--drop", p)?;
+        check_unit("drop", p)?;
         let mut t = Self::new(weights, lambda);
         t.dare = Some((p, seed));
         Ok(t)
@@ -99,7 +100,7 @@ pub struct Ties {
 
 impl Ties {
     pub fn new(weights: Vec<f64>, lambda: f64, density: f64) -> Result<Self> {
-        check_unit("--density", density)?;
+        check_unit("density", density)?;
         Ok(Ties {
             weights: weights.iter().map(|&w| w as f32).collect(),
             lambda: lambda as f32,
@@ -157,9 +158,9 @@ impl Select {
             return Err(Error::usage("select merges at most 255 models"));
         }
         if probs.iter().any(|p| *p < 0.0) {
-            return Err(Error::usage("--probs must not be negative"));
+            return Err(Error::field("probs", "must not be negative"));
         }
-        let probs = super::normalize(probs, "--probs")?;
+        let probs = super::normalize(probs, "probs")?;
         let mut acc = 0.0;
         let mut cumulative: Vec<f64> = probs
             .iter()
@@ -192,6 +193,147 @@ impl Combine for Select {
     }
 }
 
+crate::choice! {
+    /// A merge method of fine-tunes of one base.
+    pub enum Method {
+        /// BASE + λ Σ wᵢ (Mᵢ − BASE).
+        TaskArithmetic = "task-arithmetic",
+        /// Trim each task vector to `density` by magnitude, elect a sign per element, disjoint
+        /// mean of the agreeing entries, times λ.
+        Ties = "ties",
+        /// Drop each task-vector entry with probability `drop`, rescale by 1/(1 − p), then task
+        /// arithmetic.
+        Dare = "dare",
+        /// Per element, take Mᵢ with probability pᵢ (`probs`); no BASE.
+        Select = "select",
+    }
+}
+
+/// A merge's parameters as a user gave them; `None` takes the method's default
+/// ([`crate::defaults`]).
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    /// Task-vector weights wᵢ, one per model (default 1 each).
+    pub weights: Option<Vec<f64>>,
+    /// Scale λ of the merged task vector.
+    pub lambda: Option<f64>,
+    /// TIES: fraction of each task vector kept.
+    pub density: Option<f64>,
+    /// DARE: drop rate of task-vector entries.
+    pub drop: Option<f64>,
+    /// select: probability of each model (default equal).
+    pub probs: Option<Vec<f64>>,
+    /// Seed of the random draws (DARE, select).
+    pub seed: u64,
+}
+
+/// A merge ready to run: the combination and where its inputs go.
+pub struct Merge {
+    pub combine: Box<dyn Combine>,
+    /// Inputs are `[BASE, M1, ..., Mn]` when true, `[M1, ..., Mn]` otherwise.
+    pub with_base: bool,
+    /// The input whose dtypes, config and metadata the output takes.
+    pub primary: usize,
+}
+
+impl Method {
+    /// The parameters this method takes; any other one given is refused by name.
+    pub fn params(self) -> &'static [&'static str] {
+        match self {
+            Method::TaskArithmetic => &["weights", "lambda"],
+            Method::Ties => &["weights", "lambda", "density"],
+            Method::Dare => &["weights", "lambda", "drop", "seed"],
+            Method::Select => &["probs", "seed"],
+        }
+    }
+
+    /// Whether the method takes its task vectors from a BASE.
+    pub fn needs_base(self) -> bool {
+        self != Method::Select
+    }
+
+    /// Checks `p` against the method (for `models` fine-tunes, BASE not counted; `base` whether
+    /// one was given) and builds it.
+    pub fn build(self, models: usize, base: bool, p: &Params) -> Result<Merge> {
+        let given = [
+            ("weights", p.weights.is_some()),
+            ("lambda", p.lambda.is_some()),
+            ("density", p.density.is_some()),
+            ("drop", p.drop.is_some()),
+            ("probs", p.probs.is_some()),
+        ];
+        for (name, is_given) in given {
+            if is_given && !self.params().contains(&name) {
+                return Err(Error::field(
+                    name,
+                    format!("does not apply to method `{self}`"),
+                ));
+            }
+        }
+        match (self.needs_base(), base) {
+            (true, false) => {
+                return Err(Error::field(
+                    "base",
+                    format!("method `{self}` needs a BASE (the model the task vectors are taken from)"),
+                ))
+            }
+            (false, true) => {
+                return Err(Error::field(
+                    "base",
+                    format!("method `{self}` takes no BASE: list every model to select among (BASE too, for a half-reset)"),
+                ))
+            }
+            _ => {}
+        }
+        let list = |v: &Option<Vec<f64>>, field: &str| -> Result<Vec<f64>> {
+            match v {
+                None => Ok(vec![1.0; models]),
+                Some(v) if v.len() != models => Err(Error::field(
+                    field,
+                    format!("{} values for {models} models", v.len()),
+                )),
+                Some(v) => Ok(v.clone()),
+            }
+        };
+        let lambda = p.lambda.unwrap_or(defaults::LAMBDA);
+        if !lambda.is_finite() {
+            return Err(Error::field("lambda", "must be a finite number"));
+        }
+        let (combine, with_base, primary): (Box<dyn Combine>, bool, usize) = match self {
+            Method::Select => {
+                if models < 2 {
+                    return Err(Error::field("models", "select needs at least two models"));
+                }
+                let probs = list(&p.probs, "probs")?;
+                (Box::new(Select::new(&probs, p.seed)?), false, 0)
+            }
+            Method::TaskArithmetic => {
+                let w = list(&p.weights, "weights")?;
+                (Box::new(TaskArithmetic::new(w, lambda)), true, 1)
+            }
+            Method::Dare => {
+                let w = list(&p.weights, "weights")?;
+                let drop = p.drop.unwrap_or(defaults::DROP);
+                (
+                    Box::new(TaskArithmetic::dare(w, lambda, drop, p.seed)?),
+                    true,
+                    1,
+                )
+            }
+            Method::Ties => {
+                let w = list(&p.weights, "weights")?;
+                let density = p.density.unwrap_or(defaults::DENSITY);
+                (Box::new(Ties::new(w, lambda, density)?), true, 1)
+            }
+        };
+        Ok(Merge {
+            combine,
+            with_base,
+            primary,
+        })
+    }
+}
+
 fn check_inputs(t: &TensorView, expected: usize) -> Result<()> {
     if t.n_inputs() != expected {
         return Err(Error::Internal(format!(
@@ -203,9 +345,9 @@ fn check_inputs(t: &TensorView, expected: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_unit(flag: &str, v: f64) -> Result<()> {
+fn check_unit(field: &str, v: f64) -> Result<()> {
     if !(0.0..=1.0).contains(&v) {
-        return Err(Error::usage(format!("{flag} must be in [0, 1], got {v}")));
+        return Err(Error::field(field, format!("must be in [0, 1], got {v}")));
     }
     Ok(())
 }

@@ -17,17 +17,18 @@ pub mod average;
 pub mod merge;
 mod radix;
 pub mod reset;
+mod stream;
 
 use std::path::PathBuf;
 
 use rayon::prelude::*;
 
+use crate::arch::{Layout, Role};
 use crate::error::{Error, Result};
 use crate::io::checkpoint::natural_cmp;
 use crate::io::dtype::{self, DType, CHUNK};
 use crate::io::writer::{self, CheckpointWriter, TensorSpec, WriterOptions};
 use crate::io::{Checkpoint, TensorInfo};
-use crate::layout::{Layout, Role};
 use crate::progress::Progress;
 
 /// Elements per parallel work item inside a tensor: big enough that the per-item overhead (a
@@ -326,7 +327,7 @@ fn plan_jobs<'a>(
             String::new()
         };
         let hint = if hint_allow {
-            "; pass --allow-missing to copy missing tensors and extra vocabulary rows from the model that has them"
+            "; option `allow-missing` copies missing tensors and extra vocabulary rows from the model that has them"
         } else {
             ""
         };
@@ -411,9 +412,9 @@ pub fn run(
             _ => {}
         }
     }
-    jobs.par_iter()
-        .enumerate()
-        .try_for_each(|(ti, job)| write_tensor(inputs, &layout, combine, &w, ti, job, progress))?;
+    jobs.par_iter().enumerate().try_for_each(|(ti, job)| {
+        stream::write_tensor(inputs, &layout, combine, &w, ti, job, progress)
+    })?;
     progress.finish();
     if let Some(dir) = &ck.dir {
         if ck.source.is_dir() || ck.sharded {
@@ -424,278 +425,21 @@ pub fn run(
     Ok(outcome)
 }
 
-fn write_tensor(
-    inputs: &[&Checkpoint],
-    layout: &Layout,
-    combine: &dyn Combine,
-    w: &CheckpointWriter,
-    ti: usize,
-    job: &Job,
-    progress: &Progress,
-) -> Result<()> {
-    let numel: usize = job.spec.shape.iter().product();
-    let out_dtype = job.spec.dtype;
-    match job.source {
-        Source::Copy(i) => {
-            let info = job.infos[i].expect("copy source");
-            copy_elements(inputs[i], info, 0, numel, w, ti, out_dtype, progress)?;
-            // The other inputs' copies count as done for the bar (it counts input bytes).
-            let others = job.infos.iter().enumerate().filter(|(k, _)| *k != i);
-            progress.inc(
-                others
-                    .map(|(_, t)| t.map_or(0, |t| t.nbytes() as u64))
-                    .sum(),
-            );
-            Ok(())
-        }
-        Source::Combine { shared, extra_from } => {
-            let ins: Vec<(&Checkpoint, &TensorInfo)> = inputs
-                .iter()
-                .zip(&job.infos)
-                .map(|(ck, t)| (*ck, t.expect("every input holds it")))
-                .collect();
-            let view = TensorView {
-                name: &job.spec.name,
-                shape: &job.spec.shape,
-                numel: shared,
-                role: layout.role(&job.spec.name),
-                inputs: ins,
-            };
-            match combine.tensor(&view)? {
-                TensorOp::Copy(i) => {
-                    copy_elements(
-                        inputs[i],
-                        view.inputs[i].1,
-                        0,
-                        shared,
-                        w,
-                        ti,
-                        out_dtype,
-                        progress,
-                    )?;
-                    let others = view.inputs.iter().enumerate().filter(|(k, _)| *k != i);
-                    let elem = |t: &TensorInfo| dtype::elem_bytes(t.dtype).unwrap_or(1);
-                    progress.inc(others.map(|(_, (_, t))| (shared * elem(t)) as u64).sum());
-                }
-                TensorOp::Pick(f) => {
-                    run_blocks(&view, w, ti, out_dtype, progress, Kernel::Pick(&f))?
-                }
-                TensorOp::Values(f) => {
-                    run_blocks(&view, w, ti, out_dtype, progress, Kernel::Values(&f))?
-                }
-            }
-            if shared < numel {
-                let info = job.infos[extra_from].expect("extra rows source");
-                copy_elements(
-                    inputs[extra_from],
-                    info,
-                    shared,
-                    numel,
-                    w,
-                    ti,
-                    out_dtype,
-                    progress,
-                )?;
-            }
-            Ok(())
-        }
-    }
-}
-
-enum Kernel<'k, 'a> {
-    Pick(&'k PickFn<'a>),
-    Values(&'k ValuesFn<'a>),
-}
-
-/// Per-thread scratch: decoded input chunks, the output chunk, the picked sources, and the
-/// encoded bytes of one block (written with a single positional write).
-struct Scratch {
-    ins: Vec<Vec<f32>>,
-    out: Vec<f32>,
-    sel: Vec<u8>,
-    bytes: Vec<u8>,
-}
-
-fn run_blocks(
-    view: &TensorView,
-    w: &CheckpointWriter,
-    ti: usize,
-    out_dtype: DType,
-    progress: &Progress,
-    kernel: Kernel,
-) -> Result<()> {
-    let n = view.inputs.len();
-    let oeb = dtype::elem_bytes(out_dtype).expect("float dtype");
-    // A pick is a byte copy when every input is already stored in the output dtype.
-    let raw_pick = view.inputs.iter().all(|(_, t)| t.dtype == out_dtype);
-    let blocks = view.numel.div_ceil(BLOCK);
-    (0..blocks).into_par_iter().try_for_each_init(
-        || Scratch {
-            ins: vec![vec![0f32; CHUNK]; n],
-            out: vec![0f32; CHUNK],
-            sel: vec![0u8; CHUNK],
-            bytes: vec![0u8; BLOCK * oeb],
-        },
-        |sc, b| {
-            let (lo, hi) = (b * BLOCK, ((b + 1) * BLOCK).min(view.numel));
-            // Every byte of the block is overwritten below, so the buffer is never re-zeroed.
-            let mut s = lo;
-            while s < hi {
-                let e = (s + CHUNK).min(hi);
-                let len = e - s;
-                let dst = &mut sc.bytes[(s - lo) * oeb..(e - lo) * oeb];
-                match &kernel {
-                    Kernel::Pick(f) => {
-                        f(s, &mut sc.sel[..len]);
-                        if raw_pick {
-                            gather_bytes(&view.inputs, &sc.sel[..len], s, oeb, dst);
-                        } else {
-                            decode_inputs(&view.inputs, s, e, &mut sc.ins);
-                            for (j, o) in sc.out[..len].iter_mut().enumerate() {
-                                *o = sc.ins[sc.sel[j] as usize][j];
-                            }
-                            dtype::encode_f32(out_dtype, &sc.out[..len], dst);
-                        }
-                    }
-                    Kernel::Values(f) => {
-                        decode_inputs(&view.inputs, s, e, &mut sc.ins);
-                        let ins: Vec<&[f32]> = sc.ins.iter().map(|v| &v[..len]).collect();
-                        f(s, &ins, &mut sc.out[..len]);
-                        dtype::encode_f32(out_dtype, &sc.out[..len], dst);
-                    }
-                }
-                s = e;
-            }
-            w.write(ti, lo * oeb, &sc.bytes[..(hi - lo) * oeb])?;
-            let mut read = 0u64;
-            for (ck, t) in &view.inputs {
-                let eb = dtype::elem_bytes(t.dtype).expect("float dtype");
-                release_range(ck, t, lo * eb, hi * eb);
-                read += ((hi - lo) * eb) as u64;
-            }
-            progress.inc(read);
-            Ok(())
-        },
-    )
-}
-
-/// Copies element `i` from input `sel[i]`, `eb` bytes each.
-fn gather_bytes(
-    inputs: &[(&Checkpoint, &TensorInfo)],
-    sel: &[u8],
-    start: usize,
-    eb: usize,
-    dst: &mut [u8],
-) {
-    let srcs: Vec<&[u8]> = inputs
-        .iter()
-        .map(|(ck, t)| &ck.bytes(t)[start * eb..(start + sel.len()) * eb])
-        .collect();
-    // Runs of the same source are copied as one slice: whole-tensor and row-wise picks are runs.
-    let mut j = 0;
-    while j < sel.len() {
-        let src = sel[j];
-        let mut k = j + 1;
-        while k < sel.len() && sel[k] == src {
-            k += 1;
-        }
-        dst[j * eb..k * eb].copy_from_slice(&srcs[src as usize][j * eb..k * eb]);
-        j = k;
-    }
-}
-
-/// Copies elements `lo..hi` of one input tensor into output tensor `ti` at the same element
-/// positions, converting when the output dtype differs.
-#[allow(clippy::too_many_arguments)]
-fn copy_elements(
-    ck: &Checkpoint,
-    info: &TensorInfo,
-    lo: usize,
-    hi: usize,
-    w: &CheckpointWriter,
-    ti: usize,
-    out_dtype: DType,
-    progress: &Progress,
-) -> Result<()> {
-    let ieb = dtype::elem_bytes(info.dtype);
-    let data = ck.bytes(info);
-    if info.dtype == out_dtype || !dtype::is_float(info.dtype) {
-        let eb = ieb.unwrap_or(1);
-        // Sub-byte dtypes (never converted) are copied whole.
-        let (blo, bhi) = match ieb {
-            Some(eb) => (lo * eb, hi * eb),
-            None => (0, data.len()),
-        };
-        let step = BLOCK * eb;
-        let starts: Vec<usize> = (blo..bhi).step_by(step.max(1)).collect();
-        let src = &ck.shards[info.shard].path;
-        starts.into_par_iter().try_for_each(|s| {
-            let e = (s + step).min(bhi);
-            w.copy_from(ti, s, src, (info.start + s) as u64, e - s)?;
-            progress.inc((e - s) as u64);
-            Ok(())
-        })
-    } else {
-        let ieb = ieb.expect("float dtype");
-        let oeb = dtype::elem_bytes(out_dtype).expect("float dtype");
-        let blocks: Vec<usize> = (lo..hi).step_by(BLOCK).collect();
-        blocks.into_par_iter().try_for_each_init(
-            || (vec![0f32; CHUNK], Vec::new()),
-            |(vals, bytes), b| {
-                let e = (b + BLOCK).min(hi);
-                bytes.clear();
-                bytes.resize((e - b) * oeb, 0);
-                let mut s = b;
-                while s < e {
-                    let ce = (s + CHUNK).min(e);
-                    dtype::decode_f32(info.dtype, &data[s * ieb..ce * ieb], &mut vals[..ce - s]);
-                    dtype::encode_f32(
-                        out_dtype,
-                        &vals[..ce - s],
-                        &mut bytes[(s - b) * oeb..(ce - b) * oeb],
-                    );
-                    s = ce;
-                }
-                w.write(ti, b * oeb, bytes)?;
-                release_range(ck, info, b * ieb, e * ieb);
-                progress.inc(((e - b) * ieb) as u64);
-                Ok(())
-            },
-        )
-    }
-}
-
-/// Drops the pages of bytes `lo..hi` of a tensor we are done with, block by block, so the
-/// resident set stays at a few blocks per thread (see [`Checkpoint::release`]).
-fn release_range(ck: &Checkpoint, info: &TensorInfo, lo: usize, hi: usize) {
-    ck.release_range(info, lo, hi);
-}
-
 /// Total input bytes a surgery reads: the progress bar's total.
 pub fn input_bytes(inputs: &[&Checkpoint]) -> u64 {
     inputs.iter().map(|c| c.total_bytes()).sum()
 }
 
-/// Parses comma-separated numbers (`0.5,0.3,0.2`), naming the flag in errors.
-pub fn parse_list(s: &str, what: &str) -> Result<Vec<f64>> {
-    s.split(',')
-        .map(|p| {
-            let p = p.trim();
-            p.parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| Error::usage(format!("{what}: `{p}` is not a number")))
-        })
-        .collect()
-}
-
-/// Scales weights to sum to one; refuses a zero sum, which would divide by zero.
-pub fn normalize(weights: &[f64], what: &str) -> Result<Vec<f64>> {
+/// Scales weights to sum to one; refuses a zero sum, which would divide by zero. `field`
+/// names the weights in errors.
+pub fn normalize(weights: &[f64], field: &str) -> Result<Vec<f64>> {
     let sum: f64 = weights.iter().sum();
     if sum.abs() < 1e-12 {
-        return Err(Error::usage(format!(
-            "{what} sum to zero; they cannot be normalised (pass --no-normalize to use them as given)"
-        )));
+        return Err(Error::field(
+            field,
+            "the weights sum to zero; they cannot be normalised (option `no-normalize` uses \
+             them as given)",
+        ));
     }
     Ok(weights.iter().map(|w| w / sum).collect())
 }

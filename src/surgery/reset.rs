@@ -6,15 +6,14 @@
 //! that trains a fraction 1 − r. Inputs are ordered `[BASE, TUNED]`.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write;
 use std::path::Path;
 
 use indexmap::IndexMap;
 
 use super::{Combine, TensorOp, TensorView};
+use crate::arch::{Category, Layout};
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
-use crate::layout::{Category, Layout};
 use crate::plan::{ElementFn, Entry, Fingerprint, Plan, Summary, FORMAT_VERSION};
 
 pub const BASE: usize = 0;
@@ -57,34 +56,22 @@ fn tensors_of(ck: &Checkpoint) -> impl Iterator<Item = (&str, &[usize])> {
         .map(|t| (t.name.as_str(), t.shape.as_slice()))
 }
 
-/// How `reset --strategy` picks the part of TUNED that goes back to BASE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ResetStrategy {
-    /// The paper's rule per layer: 2 of 4 attention matrices, 1.5 of 3 FFN matrices on
-    /// average, 1 of 2 norms.
-    Category,
-    /// A random part of the layers, whole.
-    Layer,
-    /// A random part of all weight matrices of the model.
-    Model,
-    /// Each element by a seeded draw: exactly round(ratio x numel) of every tensor.
-    Element,
-    /// Everything but embeddings and head (unless the flags add them).
-    All,
-    /// Nothing (TUNED unchanged, unless the flags add embeddings or head).
-    None,
-}
-
-impl ResetStrategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResetStrategy::Category => "category",
-            ResetStrategy::Layer => "layer",
-            ResetStrategy::Model => "model",
-            ResetStrategy::Element => "element",
-            ResetStrategy::All => "all",
-            ResetStrategy::None => "none",
-        }
+crate::choice! {
+    /// How `reset --strategy` picks the part of TUNED that goes back to BASE.
+    pub enum ResetStrategy {
+        /// The paper's rule per layer: 2 of 4 attention matrices, 1.5 of 3 FFN matrices on
+        /// average, 1 of 2 norms.
+        Category = "category",
+        /// A random part of the layers, whole.
+        Layer = "layer",
+        /// A random part of all weight matrices of the model.
+        Model = "model",
+        /// Each element by a seeded draw: exactly round(ratio x numel) of every tensor.
+        Element = "element",
+        /// Everything but embeddings and head (unless the flags add them).
+        All = "all",
+        /// Nothing (TUNED unchanged, unless the flags add embeddings or head).
+        None = "none",
     }
 }
 
@@ -107,10 +94,13 @@ pub struct StrategyRequest {
 /// (it trains in the known reimplementation of the paper's rule, so it is not reset).
 pub fn strategy_plan(tuned: &Checkpoint, req: &StrategyRequest) -> Result<Plan> {
     if !req.ratio.is_finite() || !(0.0..=1.0).contains(&req.ratio) {
-        return Err(Error::usage(format!(
-            "--ratio {} is outside [0, 1]: it is the fraction of parameters reset",
-            req.ratio
-        )));
+        return Err(Error::field(
+            "ratio",
+            format!(
+                "{} is outside [0, 1]: it is the fraction of parameters reset",
+                req.ratio
+            ),
+        ));
     }
     use crate::select::{self, ModelInfo, SelectOptions, Strategy};
     let (strategy, train) = match req.strategy {
@@ -288,47 +278,6 @@ impl ResetReport {
     /// Fraction of all parameters reset.
     pub fn fraction(&self) -> f64 {
         self.reset as f64 / self.total.max(1) as f64
-    }
-
-    /// The table `hft reset` prints.
-    pub fn render(&self, headline: &str) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "{headline}");
-        let _ = writeln!(s, "{:<7} {:>7}  tensors reset to BASE", "layer", "reset");
-        // Layers in order, then what lies outside them (embeddings, final norm, head).
-        let rows = self.layers.iter().filter(|(l, _)| l.is_some());
-        for (layer, row) in rows.chain(self.layers.iter().filter(|(l, _)| l.is_none())) {
-            let label = layer.map_or("global".to_string(), |l| l.to_string());
-            let list: Vec<String> = row
-                .tensors
-                .iter()
-                .map(|(name, f)| {
-                    if *f >= 1.0 {
-                        name.clone()
-                    } else {
-                        format!("{name}({:.1}%)", 100.0 * f)
-                    }
-                })
-                .collect();
-            let list = if list.is_empty() {
-                "-".to_string()
-            } else {
-                list.join(" ")
-            };
-            let _ = writeln!(
-                s,
-                "{label:<7} {:>6.1}%  {list}",
-                100.0 * row.reset as f64 / row.total.max(1) as f64
-            );
-        }
-        let _ = writeln!(
-            s,
-            "total: {:.2}% of parameters reset ({} of {})",
-            100.0 * self.fraction(),
-            self.reset,
-            self.total
-        );
-        s
     }
 }
 

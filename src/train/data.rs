@@ -18,7 +18,7 @@ pub enum Tokenizer {
     Bytes,
     /// A Hugging Face `tokenizer.json`, with BOS/EOS ids from the model's config.
     Hf {
-        tok: Box<crate::import::tokenizer::HfTokenizer>,
+        tok: Box<crate::tokenizer::HfTokenizer>,
         bos: Option<u32>,
         eos: u32,
         path: PathBuf,
@@ -30,7 +30,7 @@ impl Tokenizer {
         // The tokenizers 1.0 reader takes the canonical (version 2.0) form; files written by
         // earlier versions (every tokenizer.json on the Hub today) are converted in memory, and
         // byte-level vocabularies missing some byte tokens (SmolLM2's) are accepted.
-        let tok = crate::import::tokenizer::load(path)?;
+        let tok = crate::tokenizer::load(path)?;
         // Hugging Face's `add_bos_token: false` (tokenizer_config.json next to the tokenizer)
         // means encodings do not start with BOS, whatever config.json's bos_token_id says.
         let cfg = path.with_file_name("tokenizer_config.json");

@@ -5,15 +5,18 @@
 //! starts from the finished cell that shares the longest run of fingerprints with it.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::recipe::Recipe;
-use super::report::{self, RunReport};
-use super::stage::{self, Log, RunOptions, RUN_STATE};
 use crate::error::{Error, Result};
+use crate::progress::{Level, Sink};
+use crate::train::metrics::{learned, RunReport};
+use crate::train::recipe::Recipe;
+use crate::train::stage::Log;
+use crate::train::stages::{run_stages, RunOptions, RUN_STATE};
+use crate::train::Reporter;
 
 /// One value of `--sweep`: an absolute value, or (written `x0.5`) a factor on each stage's own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,7 +43,7 @@ pub struct Sweep {
 
 impl Sweep {
     pub fn parse(s: &str) -> Result<Sweep> {
-        let bad = |m: String| Error::usage(format!("--sweep {s}: {m}"));
+        let bad = |m: String| Error::field("sweep", format!("{s}: {m}"));
         let (key, vals) = s
             .split_once('=')
             .ok_or_else(|| bad("expected KEY=V1,V2,... (for example lr=1e-4,3e-4,1e-3)".into()))?;
@@ -132,14 +135,17 @@ pub fn fingerprints(r: &Recipe, strategy: Option<&str>) -> Vec<u64> {
 /// before the runs that reuse them), then settings, then strategies.
 pub fn expand(recipe: &Recipe, recipe_path: &Path, g: &Grid) -> Result<Vec<Cell>> {
     for (i, s) in g.strategies.iter().enumerate() {
-        super::recipe::parse_strategy(s).map_err(Error::usage)?;
+        crate::train::recipe::parse_strategy(s).map_err(|e| match e {
+            Error::Field { msg, .. } => Error::field("compare", msg),
+            e => e,
+        })?;
         if g.strategies[..i].contains(s) {
-            return Err(Error::usage(format!("--compare: `{s}` is given twice")));
+            return Err(Error::field("compare", format!("`{s}` is given twice")));
         }
     }
     for (i, s) in g.seeds.iter().enumerate() {
         if g.seeds[..i].contains(s) {
-            return Err(Error::usage(format!("--seeds: {s} is given twice")));
+            return Err(Error::field("seeds", format!("{s} is given twice")));
         }
     }
     let own = recipe
@@ -169,8 +175,7 @@ pub fn expand(recipe: &Recipe, recipe_path: &Path, g: &Grid) -> Result<Vec<Cell>
                 None => recipe.clone(),
             };
             if let Some(v) = setting {
-                r.set_field(&v.key, v.value, v.scale)
-                    .map_err(|m| Error::usage(format!("--sweep {m}")))?;
+                r.set_field(&v.key, v.value, v.scale)?;
                 r.check(recipe_path)?;
             }
             for &strategy in &strategies {
@@ -227,6 +232,10 @@ pub fn donors(cells: &[Cell]) -> Vec<Option<(usize, usize)>> {
 
 /// How to run a grid.
 pub struct GridOptions<'a> {
+    /// Where log lines go.
+    pub sink: Arc<dyn Sink>,
+    /// Writes each finished run's report files.
+    pub reporter: &'a dyn Reporter,
     pub recipe_path: &'a Path,
     pub output: &'a Path,
     pub device: candle_core::Device,
@@ -240,7 +249,7 @@ pub struct GridOptions<'a> {
 }
 
 /// Runs every cell not yet finished (with `resume`) and returns their reports in cell order.
-pub fn run(cells: &[Cell], o: &GridOptions) -> Result<Vec<RunReport>> {
+pub fn run_grid(cells: &[Cell], o: &GridOptions) -> Result<Vec<RunReport>> {
     let existing: Vec<&Cell> = cells
         .iter()
         .filter(|c| o.output.join(&c.dir).join(RUN_STATE).exists())
@@ -249,8 +258,8 @@ pub fn run(cells: &[Cell], o: &GridOptions) -> Result<Vec<RunReport>> {
         return Err(Error::input(
             o.output.join(&existing[0].dir),
             format!(
-                "holds an earlier run ({} of the {} runs of this grid exist); pass --resume to \
-                 continue the grid or --force to start over",
+                "holds an earlier run ({} of the {} runs of this grid exist); option `resume` \
+                 continues the grid, option `force` starts over",
                 existing.len(),
                 cells.len()
             ),
@@ -272,13 +281,16 @@ pub fn run(cells: &[Cell], o: &GridOptions) -> Result<Vec<RunReport>> {
             .map(|(d, c)| c.fingerprints.len() - d.map_or(0, |d| d.1))
             .sum();
         let all: usize = cells.iter().map(|c| c.fingerprints.len()).sum();
-        eprintln!(
-            "hft: {} run{} under {}, {} at a time; {trained} of {all} stages to train, {} shared",
-            cells.len(),
-            if cells.len() == 1 { "" } else { "s" },
-            o.output.display(),
-            o.jobs.min(cells.len()).max(1),
-            all - trained
+        o.sink.say(
+            Level::Log,
+            &format!(
+                "{} run{} under {}, {} at a time; {trained} of {all} stages to train, {} shared",
+                cells.len(),
+                if cells.len() == 1 { "" } else { "s" },
+                o.output.display(),
+                o.jobs.min(cells.len()).max(1),
+                all - trained
+            ),
         );
     }
     let state = Mutex::new(Sched {
@@ -329,12 +341,15 @@ pub fn run(cells: &[Cell], o: &GridOptions) -> Result<Vec<RunReport>> {
                 Ok((r, line)) => {
                     s.finished += 1;
                     if !o.quiet {
-                        eprintln!(
-                            "hft: [{}/{}] {}: {line} ({:.0} s)",
-                            s.finished,
-                            cells.len(),
-                            cells[k].label,
-                            t.elapsed().as_secs_f64()
+                        o.sink.say(
+                            Level::Log,
+                            &format!(
+                                "[{}/{}] {}: {line} ({:.0} s)",
+                                s.finished,
+                                cells.len(),
+                                cells[k].label,
+                                t.elapsed().as_secs_f64()
+                            ),
                         );
                     }
                     s.reports[k] = Some(r);
@@ -415,11 +430,12 @@ fn run_cell(
             Log::Bar
         },
         command: o.command.clone(),
+        sink: o.sink.clone(),
     };
-    let r = stage::run(&c.recipe, o.recipe_path, &opts)?;
-    report::write_run(&r, &dir)?;
+    let r = run_stages(&c.recipe, o.recipe_path, &opts)?;
+    o.reporter.run(&r, &dir)?;
     let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{:.3}", v + 0.0));
-    let learned = super::compare::learned(&r);
+    let learned = learned(&r);
     let line = format!(
         "learned {}, forgot {}, OP {}{}",
         f(learned),

@@ -1,42 +1,52 @@
 //! `hft run`: multi-stage training with a freeze plan per stage, evaluation of every task after
 //! every stage, and a forgetting report. Built on candle (behind the `train` feature).
 //!
-//! The pieces, one idea per file: [`model`] (the differentiable Llama family), [`linear`]
-//! (frozen and trainable parameters, the frozen-linear op), [`optim`] (masked AdamW), [`data`]
-//! (JSONL and tokenizers), [`recipe`] (the YAML recipe), [`eval`] (loss and exact match),
-//! [`stage`] (the stage loop), [`report`] (R matrices, OP/BWT, report.json/report.md),
-//! [`dpo`] (the `dpo` stage kind), [`retention`] (the knowledge-retention eval kind) and
-//! [`bundle`] (the bundled tiny recipe's model and data), [`grid`] (strategies × a swept
-//! field × seeds, with shared stages trained once) and [`compare`] (the grid's report: spread
-//! over seeds, forgetting at equal learning, the learn-versus-forget plot).
+//! One concern per module: [`model`] (the differentiable Llama family, its parameters and ops
+//! with hand-written backward), [`optim`] (masked AdamW), [`data`] (JSONL and tokenizers),
+//! [`objective`] (language modelling and DPO), [`eval`] (loss, exact match, retention),
+//! [`recipe`] (the YAML recipe: schema, checks, quick variants, sweeps), [`stage`] (the loop
+//! of one stage), [`stages`] (the run of stages and its post-hoc baselines), [`grid`]
+//! (strategies × a swept field × seeds, shared stages trained once), [`metrics`] (R, OP, BWT of
+//! a run) and [`grid_metrics`] (spread over seeds, forgetting at equal learning). Training
+//! computes and never formats: report files are written by the [`Reporter`] the caller passes.
 
-pub mod bundle;
-pub mod compare;
 pub mod data;
-pub mod dpo;
 pub mod eval;
 pub mod grid;
-pub mod linear;
+pub mod grid_metrics;
+pub mod logits;
+pub mod metrics;
 pub mod model;
-pub mod ops;
+pub mod objective;
 pub mod optim;
 pub mod recipe;
-pub mod report;
-pub mod retention;
 pub mod stage;
+pub mod stages;
+pub mod sys;
 #[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::Device;
 
 use crate::error::{Error, Result};
-use compare::GridReport;
+use crate::progress::Sink;
 use grid::{Grid, GridOptions, Sweep};
+use grid_metrics::GridReport;
+use metrics::RunReport;
 use recipe::Recipe;
-use report::RunReport;
-use stage::{Log, RunOptions};
+use stage::Log;
+use stages::RunOptions;
+
+/// Writes the report files of a finished run and of a grid. Training hands its metrics to this
+/// and never renders them itself; `report::Files` is the implementation the CLI passes.
+pub trait Reporter: Send + Sync {
+    fn run(&self, r: &RunReport, dir: &Path) -> Result<()>;
+    /// `plot`: another copy of the learn-versus-forget plot (.svg or .png).
+    fn grid(&self, g: &GridReport, dir: &Path, plot: Option<&Path>) -> Result<()>;
+}
 
 /// Maps candle's errors into the library's: a candle failure is ours, not the user's.
 pub struct TrainError;
@@ -53,33 +63,36 @@ pub fn device(name: &str) -> Result<Device> {
         Some((k, n)) => (
             k,
             n.parse::<usize>()
-                .map_err(|_| Error::usage(format!("--device {name}: bad device number")))?,
+                .map_err(|_| Error::field("device", format!("{name}: bad device number")))?,
         ),
         None => (name, 0),
     };
     match kind {
         "cpu" => Ok(Device::Cpu),
         "cuda" => cuda(ordinal),
-        _ => Err(Error::usage(format!(
-            "--device {name}: expected cpu or cuda[:N]"
-        ))),
+        _ => Err(Error::field(
+            "device",
+            format!("{name}: expected cpu or cuda[:N]"),
+        )),
     }
 }
 
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> Result<Device> {
     Device::new_cuda(ordinal).map_err(|e| {
-        Error::usage(format!(
-            "--device cuda: no usable GPU {ordinal} ({e}); run with --device cpu"
-        ))
+        Error::field(
+            "device",
+            format!("cuda: no usable GPU {ordinal} ({e}); run on the cpu device"),
+        )
     })
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(_ordinal: usize) -> Result<Device> {
-    Err(Error::usage(
-        "--device cuda: this hft was built without CUDA support; rebuild with \
-         `cargo build --release --features cuda` (needs the CUDA toolkit) or use --device cpu",
+    Err(Error::field(
+        "device",
+        "cuda: this hft was built without CUDA support; rebuild with \
+         `cargo build --release --features cuda` (scripts/build-cuda.sh) or run on the cpu device",
     ))
 }
 
@@ -90,7 +103,7 @@ pub enum Outcome {
 }
 
 /// Settings of `hft run` besides the recipe.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     pub device: Device,
     /// Strategies to compare (`--compare`).
@@ -115,32 +128,21 @@ pub struct Options {
     pub force: bool,
     pub quiet: bool,
     pub command: String,
-}
-
-/// Keeps freed tensor buffers in the process instead of handing them back to the kernel.
-///
-/// Every candle op allocates its output afresh; glibc serves large blocks with mmap and returns
-/// them on free, so each step pays page faults and zeroing for every activation (about a fifth
-/// of a step on the tiny recipe). Raising the mmap and trim thresholds makes the blocks reused.
-pub fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before training allocates.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
+    /// Where log lines and progress go.
+    pub sink: Arc<dyn Sink>,
+    /// Writes the report files.
+    pub reporter: Arc<dyn Reporter>,
 }
 
 /// Runs a recipe once, or (with `--compare`, `--sweep` or `--seeds`) once per cell of the
 /// grid, each under `output/STRATEGY[/KEY=VALUE][/seed-N]`, with the grid's report at `output`.
-pub fn run(recipe_path: &Path, o: &Options) -> Result<Outcome> {
+pub fn run_recipe(recipe_path: &Path, o: &Options) -> Result<Outcome> {
     let mut recipe = Recipe::read_variant(recipe_path, o.quick)?;
     if let Some(p) = &o.precision {
-        recipe::parse_precision(Some(p)).map_err(|m| Error::usage(format!("--precision: {m}")))?;
+        recipe::parse_precision(Some(p))?;
         recipe.precision = Some(p.clone());
     }
-    tune_allocator();
+    sys::tune_allocator();
     let output = o.output.clone().unwrap_or_else(|| recipe.output.clone());
     let g = Grid {
         strategies: o.compare.clone(),
@@ -150,7 +152,8 @@ pub fn run(recipe_path: &Path, o: &Options) -> Result<Outcome> {
     if g.strategies.is_empty() && g.sweep.is_none() && g.seeds.is_empty() {
         if o.plot.is_some() || o.jobs.is_some() {
             return Err(Error::usage(
-                "--plot and --jobs need a grid: --compare, --sweep or --seeds",
+                "option `plot` and option `jobs` need a grid: option `compare`, option `sweep` or \
+                 option `seeds`",
             ));
         }
         let opts = RunOptions {
@@ -161,14 +164,16 @@ pub fn run(recipe_path: &Path, o: &Options) -> Result<Outcome> {
             force: o.force,
             log: if o.quiet { Log::Quiet } else { Log::Lines },
             command: o.command.clone(),
+            sink: o.sink.clone(),
         };
-        let r = stage::run(&recipe, recipe_path, &opts)?;
-        report::write_run(&r, &output)?;
+        let r = stages::run_stages(&recipe, recipe_path, &opts)?;
+        o.reporter.run(&r, &output)?;
         return Ok(Outcome::One(Box::new(r)));
     }
     if !o.match_at.is_empty() && g.sweep.is_none() {
-        return Err(Error::usage(
-            "--match-at reads forgetting along a sweep: give --sweep KEY=V1,V2,...",
+        return Err(Error::field(
+            "match_at",
+            "reads forgetting along a sweep: give option `sweep` KEY=V1,V2,...",
         ));
     }
     let cells = grid::expand(&recipe, recipe_path, &g)?;
@@ -182,11 +187,13 @@ pub fn run(recipe_path: &Path, o: &Options) -> Result<Outcome> {
         command: o.command.clone(),
         jobs: o.jobs.unwrap_or_else(|| grid::auto_jobs(o.threads)),
         threads: o.threads,
+        sink: o.sink.clone(),
+        reporter: o.reporter.as_ref(),
     };
-    let reports = grid::run(&cells, &go)?;
+    let reports = grid::run_grid(&cells, &go)?;
     let levels = (!o.match_at.is_empty()).then_some(o.match_at.as_slice());
     let c = GridReport::new(recipe_path, &cells, &reports, levels);
     std::fs::create_dir_all(&output).map_err(|e| Error::io(&output, e))?;
-    c.write(&output, o.plot.as_deref())?;
+    o.reporter.grid(&c, &output, o.plot.as_deref())?;
     Ok(Outcome::Grid(Box::new(c)))
 }

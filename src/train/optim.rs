@@ -16,12 +16,14 @@ pub struct AdamWConfig {
 }
 
 impl Default for AdamWConfig {
+    /// A recipe stage's defaults ([`crate::defaults::stage`]).
     fn default() -> Self {
+        use crate::defaults::stage;
         AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.01,
+            beta1: stage::BETAS[0],
+            beta2: stage::BETAS[1],
+            eps: stage::EPS,
+            weight_decay: stage::WEIGHT_DECAY,
         }
     }
 }

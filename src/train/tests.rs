@@ -4,14 +4,14 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::data::{Batch, Example, BYTE_BOS, BYTE_EOS, BYTE_PAD};
-use super::eval;
-use super::model::Llama;
+use crate::fixtures::synth::{write_model, Arch, ModelSpec};
 use crate::io::dtype::DType as FileDType;
 use crate::io::writer::WriterOptions;
 use crate::io::Checkpoint;
 use crate::select::{self, ModelInfo, SelectOptions, Strategy};
-use crate::synth::{write_model, Arch, ModelSpec};
+use crate::train::data::{Batch, Example, BYTE_BOS, BYTE_EOS, BYTE_PAD};
+use crate::train::eval;
+use crate::train::model::Llama;
 
 fn tiny(dir: &Path, arch: Arch, tied: bool) -> Checkpoint {
     let spec = ModelSpec {
@@ -159,7 +159,7 @@ fn every_trainable_tensor_receives_a_gradient_under_each_strategy() {
 /// A trained stage leaves frozen tensors and masked elements bit-identical to the stage start.
 #[test]
 fn frozen_tensors_and_masked_elements_are_bit_identical_after_training() {
-    use super::optim::{AdamW, AdamWConfig};
+    use crate::train::optim::{AdamW, AdamWConfig};
     let d = tempfile::tempdir().unwrap();
     let ck = tiny(d.path(), Arch::Llama, false);
     let b = batch();
@@ -283,8 +283,9 @@ fn unsupported_families_and_missing_tensors_are_refused() {
 /// next stage teaches other answers to the same prompts: the mechanics the report measures.
 #[test]
 fn full_fine_tuning_learns_a_task_then_forgets_it() {
-    use super::recipe::Recipe;
-    use super::stage::{self, run, RunOptions};
+    use crate::train::recipe::Recipe;
+    use crate::train::stage::Log;
+    use crate::train::stages::{run_stages as run, RunOptions};
     let d = tempfile::tempdir().unwrap();
     let spec = ModelSpec {
         dtype: FileDType::F32,
@@ -328,8 +329,9 @@ fn full_fine_tuning_learns_a_task_then_forgets_it() {
         output: d.path().join("out"),
         resume: false,
         force: false,
-        log: stage::Log::Quiet,
+        log: Log::Quiet,
         command: "test".into(),
+        sink: std::sync::Arc::new(crate::progress::Silent),
     };
     let rep = run(&r, &path, &opts).unwrap();
     let em = |stage: usize, set: &str| rep.stages[stage].scores[set].exact_match.unwrap();

@@ -1,0 +1,111 @@
+//! The one reader of `config.json`. Every field is optional here (the layout of a model with an
+//! unusual config must still be readable); the consumers that need a field ask for it with
+//! [`ModelConfig::need`], which names the file and the key when it is missing.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The sizes and flags of a model that hft uses, under their usual keys (and the alternatives
+/// GPT-2, GPT-NeoX and Falcon use).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelConfig {
+    pub model_type: Option<String>,
+    /// `architectures[0]` (`LlamaForCausalLM` ...).
+    pub architecture: Option<String>,
+    pub hidden: Option<usize>,
+    pub intermediate: Option<usize>,
+    pub layers: Option<usize>,
+    pub heads: Option<usize>,
+    pub kv_heads: Option<usize>,
+    /// `head_dim`, else hidden / heads.
+    pub head_dim: Option<usize>,
+    pub vocab: Option<usize>,
+    pub eps: Option<f64>,
+    pub rope_theta: Option<f64>,
+    pub max_positions: Option<usize>,
+    pub tied: Option<bool>,
+    pub attention_bias: Option<bool>,
+    pub mlp_bias: Option<bool>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    /// Falcon: `new_decoder_architecture` / `multi_query`.
+    pub falcon_new_arch: bool,
+    pub falcon_multi_query: bool,
+}
+
+/// JSON keys of each field, the first present wins.
+pub mod keys {
+    pub const HIDDEN: &[&str] = &["hidden_size", "n_embd", "d_model"];
+    pub const HEADS: &[&str] = &["num_attention_heads", "n_head", "num_heads"];
+    pub const KV_HEADS: &[&str] = &["num_key_value_heads", "num_kv_heads", "n_head_kv"];
+    pub const LAYERS: &[&str] = &["num_hidden_layers", "n_layer", "num_layers"];
+    pub const INTERMEDIATE: &[&str] = &["intermediate_size"];
+    pub const VOCAB: &[&str] = &["vocab_size"];
+    pub const HEAD_DIM: &[&str] = &["head_dim"];
+    pub const MAX_POSITIONS: &[&str] = &["max_position_embeddings"];
+}
+
+impl ModelConfig {
+    pub fn from_json(v: &Value) -> ModelConfig {
+        let get = |ks: &[&str]| {
+            ks.iter()
+                .find_map(|k| v.get(*k).and_then(Value::as_u64))
+                .and_then(|x| usize::try_from(x).ok())
+        };
+        let float = |k: &str| v.get(k).and_then(Value::as_f64);
+        let flag = |k: &str| v.get(k).and_then(Value::as_bool);
+        let token = |k: &str| {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .and_then(|x| u32::try_from(x).ok())
+        };
+        let hidden = get(keys::HIDDEN);
+        let heads = get(keys::HEADS);
+        let head_dim = get(keys::HEAD_DIM).or(match (hidden, heads) {
+            (Some(h), Some(n)) if n > 0 => Some(h / n),
+            _ => None,
+        });
+        ModelConfig {
+            model_type: v
+                .get("model_type")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            architecture: v
+                .get("architectures")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            hidden,
+            intermediate: get(keys::INTERMEDIATE),
+            layers: get(keys::LAYERS),
+            heads,
+            kv_heads: get(keys::KV_HEADS),
+            head_dim,
+            vocab: get(keys::VOCAB),
+            eps: float("rms_norm_eps"),
+            rope_theta: float("rope_theta"),
+            max_positions: get(keys::MAX_POSITIONS),
+            tied: flag("tie_word_embeddings"),
+            attention_bias: flag("attention_bias"),
+            mlp_bias: flag("mlp_bias"),
+            bos: token("bos_token_id"),
+            eos: token("eos_token_id"),
+            falcon_new_arch: flag("new_decoder_architecture").unwrap_or(false),
+            falcon_multi_query: flag("multi_query").unwrap_or(false),
+        }
+    }
+
+    /// A field the caller cannot do without: its value, or an error naming `path` and `key`.
+    pub fn need<T: Copy>(&self, path: &Path, key: &str, v: Option<T>) -> Result<T> {
+        v.ok_or_else(|| Error::input(path, format!("config.json has no `{key}`")))
+    }
+
+    /// `model_type`, or "" when absent.
+    pub fn model_type(&self) -> &str {
+        self.model_type.as_deref().unwrap_or("")
+    }
+}

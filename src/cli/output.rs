@@ -1,0 +1,110 @@
+//! What reset, average and merge share: where and how the checkpoint is written, lists of
+//! numbers typed on the command line, and the one call into the surgery driver.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use hft::defaults;
+use hft::error::{Error, Result};
+use hft::io::writer::parse_size;
+use hft::io::{dtype, Checkpoint};
+use hft::progress::{Level, Progress, Sink};
+use hft::surgery::{self, Combine, Outcome, Output};
+
+/// Where and how a surgery writes its checkpoint (shared by reset, average and merge).
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Output: a directory (Hugging Face layout: model.safetensors, or shards plus
+    /// model.safetensors.index.json, with config and tokenizer files copied) or a path ending in
+    /// .safetensors (one file, weights only).
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// Store float tensors in this dtype (bf16, f16, f32, f64) instead of the input's;
+    /// rounding is to nearest even.
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<String>,
+    /// Largest shard of a directory output (5GB, 500MB, 2GiB, or bytes); larger models are
+    /// split into model-0000k-of-0000K.safetensors shards.
+    #[arg(long, default_value = defaults::MAX_SHARD_SIZE, value_name = "SIZE")]
+    pub max_shard_size: String,
+    /// Replace an existing non-empty output (never an input).
+    #[arg(long)]
+    pub force: bool,
+    /// Copy tensors that only some inputs hold from one that holds it (TUNED / the first model
+    /// first), and for a resized vocabulary combine the shared rows and copy the extra rows
+    /// from the model that has them, instead of refusing.
+    #[arg(long)]
+    pub allow_missing: bool,
+}
+
+impl OutputArgs {
+    pub fn output(&self) -> Result<Output> {
+        let mut out = Output::new(&self.output);
+        out.dtype = self.dtype.as_deref().map(dtype::parse_float).transpose()?;
+        out.max_shard_bytes = parse_size(&self.max_shard_size)?;
+        out.force = self.force;
+        out.allow_missing = self.allow_missing;
+        out.command = super::command_line();
+        Ok(out)
+    }
+}
+
+/// Parses comma-separated numbers (`0.5,0.3,0.2`) typed after `flag`.
+pub fn numbers(s: &str, flag: &str) -> Result<Vec<f64>> {
+    s.split(',')
+        .map(|p| {
+            let p = p.trim();
+            p.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| Error::usage(format!("{flag}: `{p}` is not a number")))
+        })
+        .collect()
+}
+
+/// Runs one surgery with a progress bar and says what was written.
+pub fn execute(
+    inputs: &[&Checkpoint],
+    primary: usize,
+    combine: &dyn Combine,
+    out: &Output,
+    what: &str,
+    sink: &dyn Sink,
+) -> Result<Outcome> {
+    let progress = Progress::bytes(sink, surgery::input_bytes(inputs), what);
+    let outcome = surgery::run(inputs, primary, combine, out, &progress)?;
+    for (name, i) in &outcome.copied_missing {
+        sink.say(
+            Level::Note,
+            &format!(
+                "`{name}` copied from {} (not in every input)",
+                inputs[*i].display_name()
+            ),
+        );
+    }
+    for (name, shared, extra, i) in &outcome.resized {
+        sink.say(
+            Level::Note,
+            &format!(
+                "`{name}`: {shared} shared rows combined, {extra} extra rows copied from {}",
+                inputs[*i].display_name()
+            ),
+        );
+    }
+    sink.say(
+        Level::Log,
+        &format!(
+            "wrote {} ({} tensors, {:.1} MiB{})",
+            outcome.path.display(),
+            outcome.tensors,
+            outcome.bytes as f64 / (1u64 << 20) as f64,
+            if outcome.side_files.is_empty() {
+                String::new()
+            } else {
+                format!(", with {}", outcome.side_files.join(", "))
+            }
+        ),
+    );
+    Ok(outcome)
+}

@@ -1,0 +1,115 @@
+//! Scoring: mean loss per scored token (perplexity is its exponential) and, for
+//! prompt/completion sets, exact match of the greedy completion.
+//!
+//! Exact match is computed with one teacher-forced pass: greedy decoding reproduces the
+//! completion (and then stops with EOS) exactly when, at every completion position, the argmax
+//! of the logits given the true prefix is the true next token. So the figure is the greedy
+//! decode's, at the cost of one forward pass.
+
+pub mod retention;
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::train::data::{Batch, Example};
+use crate::train::model::Llama;
+use crate::train::TrainError;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Score {
+    /// Mean negative log-likelihood per scored token (nats).
+    pub loss: f64,
+    pub perplexity: f64,
+    /// Fraction of examples whose greedy completion is exactly right; prompt/completion sets only.
+    pub exact_match: Option<f64>,
+    pub examples: usize,
+}
+
+/// Token ids, targets and weights of a batch as tensors on `dev`.
+pub fn tensors(
+    b: &Batch,
+    dtype: DType,
+    dev: &Device,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let inputs = Tensor::from_vec(b.inputs.clone(), (b.b, b.t), dev)?;
+    let targets = Tensor::from_vec(b.targets.clone(), (b.b, b.t), dev)?;
+    let weights = Tensor::from_vec(b.weights.clone(), (b.b, b.t), dev)?.to_dtype(dtype)?;
+    Ok((inputs, targets, weights))
+}
+
+/// Negative log-likelihood of every target, `[b, t]`.
+pub fn nll(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
+    crate::train::model::ops::nll(logits, targets)
+}
+
+/// Sum of the weighted NLL of a batch's scored tokens.
+pub fn loss_sum(model: &Llama, b: &Batch, grad: bool) -> candle_core::Result<Tensor> {
+    let (x, y, w) = tensors(b, model.dtype, &model.device)?;
+    let logits = model.forward(&x, grad)?;
+    (nll(&logits, &y)? * &w)?.sum_all()
+}
+
+/// The training objective: weighted mean NLL over the scored tokens of all `batches` (one
+/// per data source, so short examples are not padded to the longest of another source).
+pub fn loss(model: &Llama, batches: &[Batch], grad: bool) -> candle_core::Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    let mut scored = 0usize;
+    for b in batches {
+        let l = loss_sum(model, b, grad)?;
+        scored += b.scored();
+        total = Some(match total {
+            Some(t) => (t + l)?,
+            None => l,
+        });
+    }
+    match total {
+        Some(t) => t / (scored.max(1) as f64),
+        None => candle_core::bail!("loss of no batches"),
+    }
+}
+
+/// Scores `examples` in batches of `batch`.
+pub fn score(model: &Llama, examples: &[Example], pad: u32, batch: usize) -> Result<Score> {
+    let mut total = 0f64;
+    let mut tokens = 0usize;
+    let mut right = 0usize;
+    let mut pairs = 0usize;
+    for chunk in examples.chunks(batch.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let b = Batch::new(&refs, pad);
+        let run = || -> candle_core::Result<(Vec<f32>, Vec<u32>)> {
+            let (x, y, _) = tensors(&b, model.dtype, &model.device)?;
+            let logits = model.forward(&x, false)?;
+            let n = nll(&logits, &y)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let am = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
+            Ok((n, am))
+        };
+        let (n, am) = run().map_err(TrainError::map)?;
+        for (r, e) in chunk.iter().enumerate() {
+            let mut ok = true;
+            for (p, w) in e.weights.iter().enumerate() {
+                if *w > 0.0 {
+                    let i = r * b.t + p;
+                    total += n[i] as f64;
+                    tokens += 1;
+                    ok &= am[i] == b.targets[i];
+                }
+            }
+            if e.completion {
+                pairs += 1;
+                right += ok as usize;
+            }
+        }
+    }
+    let loss = total / tokens.max(1) as f64;
+    Ok(Score {
+        loss,
+        perplexity: loss.exp(),
+        exact_match: (pairs > 0).then(|| right as f64 / pairs as f64),
+        examples: examples.len(),
+    })
+}

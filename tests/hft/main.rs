@@ -1,0 +1,19 @@
+//! The `hft` integration tests, one binary: the CLI end to end (`diff`, `plan`, `reset`,
+//! `average`, `merge`, and with the `train` feature `import`, `logits` and `run`) over the
+//! committed fixtures and tiny synthetic models, a property test of the checkpoint reader over
+//! corrupted files, and the crate's architecture rules. Shared helpers live in [`common`].
+//!
+//! `cargo test --test hft` runs it all; `cargo test --test hft plan::` runs one area.
+
+mod architecture;
+mod common;
+mod defaults;
+mod diff;
+mod fuzz;
+#[cfg(feature = "train")]
+mod import;
+mod outputs;
+mod plan;
+#[cfg(feature = "train")]
+mod run;
+mod surgery;
