@@ -14,6 +14,7 @@
 #   bash bench/gpu/run.sh --cpu
 #
 # Env: SHAPES (default "smollm2 llama1b"), STEPS (20), WARMUP (3), BATCH (8), SEQ (512),
+#      PRECISION (bf16 on the GPU, f32 with --cpu; both sides use it), THREADS (--cpu: 1),
 #      OUT (default bench/out/gpu), PYTHON (python3; needs torch, transformers, safetensors).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -26,6 +27,7 @@ if [ "${1:-}" = "--cpu" ]; then
   SHAPES=${SHAPES:-tiny}; STEPS=${STEPS:-4}; BATCH=${BATCH:-2}; SEQ=${SEQ:-64}
   HFT=${HFT:-$ROOT/target/release/hft}
   THREADS=${THREADS:-1}
+  PRECISION=${PRECISION:-f32}
   [ -x "$HFT" ] || (cd "$ROOT" && cargo build --release --quiet)
   run_hft() { RAYON_NUM_THREADS=$THREADS "$HFT" --threads "$THREADS" "$@"; }
   TORCH_THREADS=$THREADS
@@ -35,6 +37,7 @@ else
   HFT_XZ=$(realpath "$HFT_XZ") # hft runs from inside each model's folder
   run_hft() { bash "$ROOT/scripts/run-on-device.sh" "$HFT_XZ" "$@"; }
   TORCH_THREADS=0
+  PRECISION=${PRECISION:-bf16}
 fi
 WARMUP=${WARMUP:-3}
 RESULTS=$OUT/results.jsonl
@@ -65,7 +68,7 @@ for shape in $SHAPES; do
 model: .
 output: runs-$strategy
 tokenizer: bytes
-precision: bf16
+precision: $PRECISION
 defaults: {lr: 1.0e-4, steps: $((STEPS + WARMUP)), seq_len: $SEQ, log_every: 1, clip: 1.0}
 plan: {strategy: $strategy, ratio: 0.5, seed: 1}
 eval: [{name: text, path: data.jsonl, max_examples: $BATCH}]
@@ -76,14 +79,14 @@ YAML
     poll_start
     (cd "$M" && run_hft -q run "$strategy.yaml" --device "$DEVICE" --force > /dev/null)
     mem=$(poll_stop)
-    "$PY" - "$M/runs-$strategy/report.json" "$shape" "$strategy" "$BATCH" "$SEQ" "$mem" "$DEVICE" >> "$RESULTS" <<'PY'
+    "$PY" - "$M/runs-$strategy/report.json" "$shape" "$strategy" "$BATCH" "$SEQ" "$mem" "$DEVICE" "$PRECISION" >> "$RESULTS" <<'PY'
 import json, sys
-path, shape, strategy, batch, seq, mem, device = sys.argv[1:]
+path, shape, strategy, batch, seq, mem, device, precision = sys.argv[1:]
 r = json.load(open(path))
 s = r["stages"][0]
 step = s["step_seconds"]
 print(json.dumps({
-    "side": "hft", "label": f"{shape} {strategy}", "device": device, "precision": "bf16",
+    "side": "hft", "label": f"{shape} {strategy}", "device": device, "precision": precision,
     "batch": int(batch), "seq": int(seq), "steps": s["steps"],
     "trainable": s["plan"]["trainable"], "total": s["plan"]["total"],
     "step_s": step, "tokens_per_s": int(batch) * int(seq) / step,
@@ -97,7 +100,7 @@ PY
     poll_start
     "$PY" "$ROOT/bench/gpu/ref_train.py" --model "$M" --plan "$M/plan-$strategy.py" \
       --label "$shape $strategy" --steps "$STEPS" --warmup "$WARMUP" --batch "$BATCH" --seq "$SEQ" \
-      --device "$DEVICE" --threads "$TORCH_THREADS" > "$OUT/torch.json"
+      --device "$DEVICE" --threads "$TORCH_THREADS" --precision "$PRECISION" > "$OUT/torch.json"
     mem=$(poll_stop)
     "$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); d["smi_peak_mib"]=None if sys.argv[2]=="null" else float(sys.argv[2]); print(json.dumps(d))' \
       "$OUT/torch.json" "$mem" >> "$RESULTS"

@@ -4,8 +4,14 @@
 //! state at all. A tensor the plan trains in part (an element mask, or the row ranges of a fused
 //! tensor) carries a 0/1 mask: its gradient is masked before the moments, and the whole update,
 //! weight decay included, is masked too, so masked elements stay bit-identical.
+//!
+//! On the CPU with f32 parameters (training's master weights) the update is one fused pass per
+//! tensor, in place ([`Update`]); other devices and dtypes use composed candle ops.
 
-use candle_core::{DType, Result, Tensor, Var};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor, Var};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -28,11 +34,25 @@ impl Default for AdamWConfig {
     }
 }
 
+/// The two moments of one tensor: plain vectors updated in place by the fused CPU kernel
+/// (f32 parameters on the CPU), or tensors updated by composed candle ops elsewhere.
+enum Moments {
+    Fused {
+        m: Vec<f32>,
+        v: Vec<f32>,
+        /// 1.0 where the element trains, 0.0 where the plan freezes it.
+        mask: Option<Vec<f32>>,
+    },
+    Composed {
+        m: Tensor,
+        v: Tensor,
+    },
+}
+
 struct Slot {
     var: Var,
     mask: Option<Tensor>,
-    m: Tensor,
-    v: Tensor,
+    moments: Moments,
 }
 
 pub struct AdamW {
@@ -41,15 +61,43 @@ pub struct AdamW {
     step: u64,
 }
 
+/// A tensor's f32 values on the CPU, if it is an f32 CPU tensor (contiguous, from its offset).
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => {
+            let (a, b) = layout.contiguous_offsets()?;
+            Some(f(&v[a..b]))
+        }
+        _ => None,
+    }
+}
+
 impl AdamW {
     /// One slot per trainable variable, with its mask (if it trains in part).
     pub fn new(vars: Vec<(Var, Option<Tensor>)>, cfg: AdamWConfig) -> Result<AdamW> {
         let slots = vars
             .into_iter()
             .map(|(var, mask)| {
-                let m = var.zeros_like()?;
-                let v = var.zeros_like()?;
-                Ok(Slot { var, mask, m, v })
+                let n = var.elem_count();
+                let fused = var.device().is_cpu() && var.dtype() == DType::F32;
+                let moments = if fused {
+                    let mask = match &mask {
+                        Some(m) => Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+                        None => None,
+                    };
+                    Moments::Fused {
+                        m: vec![0.0; n],
+                        v: vec![0.0; n],
+                        mask,
+                    }
+                } else {
+                    Moments::Composed {
+                        m: var.zeros_like()?,
+                        v: var.zeros_like()?,
+                    }
+                };
+                Ok(Slot { var, mask, moments })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(AdamW {
@@ -63,31 +111,38 @@ impl AdamW {
     pub fn state_bytes(&self) -> u64 {
         self.slots
             .iter()
-            .map(|s| 2 * (s.m.elem_count() * s.m.dtype().size_in_bytes()) as u64)
+            .map(|s| 2 * (s.var.elem_count() * s.var.dtype().size_in_bytes()) as u64)
             .sum()
     }
 
-    /// Masks `grads` (one per slot, in order; `None` where no gradient arrived) in place and
-    /// returns their global L2 norm.
+    /// Returns the global L2 norm of `grads` (one per slot, in order; `None` where no gradient
+    /// arrived) over the elements that train. On the fused path the gradients stay as they
+    /// are (the update applies the mask); elsewhere they are masked in place.
     pub fn mask_and_norm(&self, grads: &mut [Option<Tensor>]) -> Result<f64> {
         let mut total = 0f64;
         for (s, g) in self.slots.iter().zip(grads.iter_mut()) {
-            if let Some(gt) = g.as_mut() {
-                if let Some(m) = &s.mask {
-                    *gt = gt.mul(m)?;
+            let Some(gt) = g.as_mut() else { continue };
+            if let Moments::Fused { mask, .. } = &s.moments {
+                let sum = with_cpu_f32(gt, |g| sum_squares(g, mask.as_deref()));
+                if let Some(sum) = sum {
+                    total += sum;
+                    continue;
                 }
-                total += gt
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?;
             }
+            if let Some(m) = &s.mask {
+                *gt = gt.mul(m)?;
+            }
+            total += gt
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
         }
         Ok(total.sqrt())
     }
 
-    /// One update with learning rate `lr`; `grads` as given to [`Self::mask_and_norm`],
-    /// already masked and scaled by `scale` (gradient clipping).
+    /// One update with learning rate `lr`; `grads` as given to [`Self::mask_and_norm`], to be
+    /// scaled by `scale` (gradient clipping).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, scale: f64) -> Result<()> {
         self.step += 1;
         let c = self.cfg;
@@ -95,21 +150,143 @@ impl AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (s, g) in self.slots.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
-            let g = g.detach();
-            let g = if scale != 1.0 { (g * scale)? } else { g };
-            s.m = ((&s.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            s.v = ((&s.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let mhat = (&s.m / bc1)?;
-            let denom = ((&s.v / bc2)?.sqrt()? + c.eps)?;
-            let theta = &s.var.as_tensor().detach();
-            let mut upd = ((mhat / denom)? + (theta * c.weight_decay)?)?;
-            upd = (upd * lr)?;
-            if let Some(m) = &s.mask {
-                upd = upd.mul(m)?;
+            match &mut s.moments {
+                Moments::Fused { m, v, mask } => {
+                    let g = g.contiguous()?;
+                    let k = Update {
+                        state: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
+                        mask: mask.as_deref(),
+                        lr: lr as f32,
+                        beta1: c.beta1 as f32,
+                        beta2: c.beta2 as f32,
+                        one_minus_beta1: (1.0 - c.beta1) as f32,
+                        one_minus_beta2: (1.0 - c.beta2) as f32,
+                        inv_bc1: (1.0 / bc1) as f32,
+                        inv_bc2: (1.0 / bc2) as f32,
+                        eps: c.eps as f32,
+                        decay: c.weight_decay as f32,
+                        scale: scale as f32,
+                    };
+                    s.var.as_tensor().inplace_op2(&g, &k)?;
+                }
+                Moments::Composed { m, v } => {
+                    let g = g.detach();
+                    let g = if scale != 1.0 { (g * scale)? } else { g };
+                    *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                    let mhat = (&*m / bc1)?;
+                    let denom = ((&*v / bc2)?.sqrt()? + c.eps)?;
+                    let theta = &s.var.as_tensor().detach();
+                    let mut upd = ((mhat / denom)? + (theta * c.weight_decay)?)?;
+                    upd = (upd * lr)?;
+                    if let Some(m) = &s.mask {
+                        upd = upd.mul(m)?;
+                    }
+                    let new = (theta - upd)?;
+                    s.var.set(&new)?;
+                }
             }
-            let new = (theta - upd)?;
-            s.var.set(&new)?;
         }
+        Ok(())
+    }
+}
+
+/// Σ (g·mask)² in f64, over chunks in parallel.
+fn sum_squares(g: &[f32], mask: Option<&[f32]>) -> f64 {
+    let sq = |x: f32| (x as f64) * (x as f64);
+    match mask {
+        None => g
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&x| sq(x)).sum::<f64>())
+            .sum(),
+        Some(m) => g
+            .par_chunks(CHUNK)
+            .zip(m.par_chunks(CHUNK))
+            .map(|(c, k)| c.iter().zip(k).map(|(&x, &k)| sq(x * k)).sum::<f64>())
+            .sum(),
+    }
+}
+
+/// Elements per parallel chunk of the fused kernels.
+const CHUNK: usize = 1 << 15;
+
+/// The fused AdamW update of one f32 tensor on the CPU, in place: one pass over parameter,
+/// gradient and both moments, where the composed version makes a dozen full-size temporaries.
+/// Masked elements are skipped: parameter and moments stay bit-identical.
+struct Update<'a> {
+    state: Mutex<(&'a mut [f32], &'a mut [f32])>,
+    mask: Option<&'a [f32]>,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    inv_bc1: f32,
+    inv_bc2: f32,
+    eps: f32,
+    decay: f32,
+    scale: f32,
+}
+
+impl Update<'_> {
+    fn apply(&self, p: &mut [f32], g: &[f32]) {
+        let mut state = self.state.lock().expect("not poisoned");
+        let (m, v) = &mut *state;
+        // The composed ops' arithmetic, operation for operation (candle scales by a constant
+        // as `x * c + 0` and divides by one as a product with its inverse), so both paths
+        // round alike.
+        let one = |p: &mut f32, g: f32, m: &mut f32, v: &mut f32| {
+            let g = if self.scale != 1.0 { g * self.scale } else { g };
+            *m = *m * self.beta1 + g * self.one_minus_beta1;
+            *v = *v * self.beta2 + (g * g) * self.one_minus_beta2;
+            let mhat = *m * self.inv_bc1;
+            let denom = (*v * self.inv_bc2).sqrt() + self.eps;
+            *p -= (mhat / denom + *p * self.decay) * self.lr;
+        };
+        let chunks = p
+            .par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK));
+        match self.mask {
+            None => chunks.for_each(|(((p, g), m), v)| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    one(p, g, m, v);
+                }
+            }),
+            Some(mask) => chunks
+                .zip(mask.par_chunks(CHUNK))
+                .for_each(|((((p, g), m), v), k)| {
+                    for ((((p, &g), m), v), &k) in p.iter_mut().zip(g).zip(m).zip(v).zip(k) {
+                        if k != 0.0 {
+                            one(p, g, m, v);
+                        }
+                    }
+                }),
+        }
+    }
+}
+
+impl InplaceOp2 for Update<'_> {
+    fn name(&self) -> &'static str {
+        "hft-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
+            candle_core::bail!("hft-adamw: f32 parameters and gradients only");
+        };
+        let (Some((pa, pb)), Some((ga, gb))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("hft-adamw: contiguous tensors only");
+        };
+        self.apply(&mut p[pa..pb], &g[ga..gb]);
         Ok(())
     }
 }
@@ -137,6 +314,53 @@ mod tests {
         assert_eq!(w[3].to_bits(), 3.0f32.to_bits());
         assert!(w[0] < 1.5 && w[2] > 0.25);
         assert_eq!(opt.state_bytes(), 2 * 4 * 4);
+        Ok(())
+    }
+
+    /// The fused CPU kernel computes what the composed ops compute (run here in f64, which
+    /// takes the composed path), masks and weight decay included.
+    #[test]
+    fn the_fused_update_equals_the_composed_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let n = 100_003; // several parallel chunks and a ragged end
+        let w0: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) / 17.0).collect();
+        let mask: Vec<f32> = (0..n).map(|i| (i % 3 != 0) as u8 as f32).collect();
+        let cfg = AdamWConfig {
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        };
+        let fused = Var::from_tensor(&Tensor::new(w0.as_slice(), &dev)?)?;
+        let composed = Var::from_tensor(&Tensor::new(w0.as_slice(), &dev)?.to_dtype(DType::F64)?)?;
+        let m = Tensor::new(mask.as_slice(), &dev)?;
+        let mut a = AdamW::new(vec![(fused.clone(), Some(m.clone()))], cfg)?;
+        let mut b = AdamW::new(vec![(composed.clone(), Some(m.to_dtype(DType::F64)?))], cfg)?;
+        for step in 0..5 {
+            let g: Vec<f32> = (0..n)
+                .map(|i| (((i * 7 + step * 13) % 31) as f32 - 15.0) / 10.0)
+                .collect();
+            let ga = Tensor::new(g.as_slice(), &dev)?;
+            let mut gs_a = vec![Some(ga.clone())];
+            let mut gs_b = vec![Some(ga.to_dtype(DType::F64)?)];
+            let (na, nb) = (a.mask_and_norm(&mut gs_a)?, b.mask_and_norm(&mut gs_b)?);
+            assert!((na - nb).abs() < 1e-9 * nb, "norms {na} {nb}");
+            a.step(&gs_a, 1e-2, 0.5)?;
+            b.step(&gs_b, 1e-2, 0.5)?;
+        }
+        let wa = fused.as_tensor().to_vec1::<f32>()?;
+        let wb = composed.as_tensor().to_vec1::<f64>()?;
+        for i in 0..n {
+            if mask[i] == 0.0 {
+                assert_eq!(wa[i].to_bits(), w0[i].to_bits(), "masked element {i} moved");
+            } else {
+                let d = (wa[i] as f64 - wb[i]).abs();
+                assert!(
+                    d < 1e-5 * (1.0 + wb[i].abs()),
+                    "element {i}: {} vs {}",
+                    wa[i],
+                    wb[i]
+                );
+            }
+        }
         Ok(())
     }
 }

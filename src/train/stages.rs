@@ -223,9 +223,7 @@ fn output_dtype(recipe: &Recipe) -> Result<Option<FileDType>> {
 pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Result<RunReport> {
     let base = Checkpoint::open(&recipe.model)?;
     let tok = tokenizer(recipe, &base)?;
-    let probe = Llama::load(&base, None, DType::F32, &Device::Cpu)?;
-    let cfg = probe.config.clone();
-    drop(probe);
+    let cfg = Llama::check(&base)?;
     if cfg.vocab < tok.min_vocab() {
         return Err(Error::input(
             &recipe.model,
@@ -309,7 +307,9 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
     for (i, sources) in all_sources.into_iter().enumerate().skip(done) {
         let spec = recipe.stage(i);
         let prev = Checkpoint::open(&prev_path)?;
-        let plan = stage_plan(&spec, opts.strategy.as_deref(), &prev, recipe.seed)?;
+        // A value out of range in the stage's plan is the recipe's to fix: say where.
+        let plan = stage_plan(&spec, opts.strategy.as_deref(), &prev, recipe.seed)
+            .map_err(|e| e.in_file(recipe_path, &format!("stage `{}` plan: ", spec.name)))?;
         let model = Llama::load(&prev, Some(&plan), DType::F32, &opts.device)?
             .with_compute(recipe.compute_dtype());
         if opts.log.lines() {

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::train::data::{Batch, Example};
+use crate::train::model::head::head_nll;
 use crate::train::model::Llama;
 use crate::train::TrainError;
 
@@ -46,6 +47,13 @@ pub fn nll(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
 /// Sum of the weighted NLL of a batch's scored tokens.
 pub fn loss_sum(model: &Llama, b: &Batch, grad: bool) -> candle_core::Result<Tensor> {
     let (x, y, w) = tensors(b, model.dtype, &model.device)?;
+    if model.device.is_cpu() && model.compute == model.dtype {
+        // The head and the loss fused over chunks of rows: no whole logits.
+        let h = model.hidden(&x, grad)?;
+        let d = h.dim(2)?;
+        let h = h.reshape(((), d))?;
+        return head_nll(&h, model.head().tensor(), &y, &w, grad);
+    }
     let logits = model.forward(&x, grad)?;
     (nll(&logits, &y)? * &w)?.sum_all()
 }

@@ -7,6 +7,7 @@
 //! f32 (or f64 for gradient checks), and every parameter the model needs must be in the
 //! checkpoint: nothing is initialised silently.
 
+pub mod head;
 pub mod linear;
 pub mod ops;
 
@@ -18,7 +19,7 @@ use serde_json::Value;
 
 use crate::arch::{decoder, Category, Layout, ModelConfig};
 use crate::error::{Error, Result};
-use crate::io::dtype::decode_f64;
+use crate::io::dtype::{decode_f32, decode_f64};
 use crate::io::Checkpoint;
 use crate::plan::{Entry, Plan};
 use crate::train::TrainError;
@@ -171,15 +172,9 @@ pub fn element_mask(
 }
 
 impl Llama {
-    /// Loads `ck` (every tensor decoded to `dtype`) with the trainable set of `plan`: `train`
-    /// entries become variables, `freeze` entries plain tensors, masks and row ranges
-    /// variables with an element mask. `plan` `None` trains everything.
-    pub fn load(
-        ck: &Checkpoint,
-        plan: Option<&Plan>,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Llama> {
+    /// Checks a checkpoint's headers against the model its config.json describes (every
+    /// tensor there with its shape, nothing unknown, floats only) without reading weights.
+    pub fn check(ck: &Checkpoint) -> Result<Config> {
         let src = &ck.source;
         let cfg_json = ck
             .config
@@ -203,9 +198,6 @@ impl Llama {
                 ));
             }
         }
-        let mut map: BTreeMap<String, Param> = BTreeMap::new();
-        let mut masks = BTreeMap::new();
-        let mut params = Vec::new();
         for (name, want) in &expected {
             let info = ck.get(name).ok_or_else(|| {
                 Error::input(
@@ -225,11 +217,42 @@ impl Llama {
             if !crate::io::dtype::is_float(info.dtype) {
                 return Err(Error::input(src, format!("`{name}` is not a float tensor")));
             }
-            let mut vals = vec![0f64; info.numel()];
-            decode_f64(info.dtype, ck.bytes(info), &mut vals);
-            let t = Tensor::from_vec(vals, info.shape.as_slice(), device)
-                .and_then(|t| t.to_dtype(dtype))
-                .map_err(TrainError::map)?;
+        }
+        Ok(config)
+    }
+
+    /// Loads `ck` (every tensor decoded to `dtype`) with the trainable set of `plan`: `train`
+    /// entries become variables, `freeze` entries plain tensors, masks and row ranges
+    /// variables with an element mask. `plan` `None` trains everything.
+    pub fn load(
+        ck: &Checkpoint,
+        plan: Option<&Plan>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Llama> {
+        let src = &ck.source;
+        let config = Self::check(ck)?;
+        let expected = config.tensors(src)?;
+        let mut map: BTreeMap<String, Param> = BTreeMap::new();
+        let mut masks = BTreeMap::new();
+        let mut params = Vec::new();
+        for (name, _) in &expected {
+            let info = ck.get(name).expect("checked");
+            // Decoded straight into the parameter dtype (f32 when training: exact for BF16,
+            // F16 and F32 storage), then the file's pages are dropped: the model holds its own
+            // copy, and mapped pages would otherwise count against the run's memory.
+            let t = if dtype == DType::F32 {
+                let mut vals = vec![0f32; info.numel()];
+                decode_f32(info.dtype, ck.bytes(info), &mut vals);
+                Tensor::from_vec(vals, info.shape.as_slice(), device)
+            } else {
+                let mut vals = vec![0f64; info.numel()];
+                decode_f64(info.dtype, ck.bytes(info), &mut vals);
+                Tensor::from_vec(vals, info.shape.as_slice(), device)
+                    .and_then(|t| t.to_dtype(dtype))
+            }
+            .map_err(TrainError::map)?;
+            ck.release(info);
             let entry = plan.map_or(Entry::TRAIN, |p| {
                 p.entry(name).cloned().unwrap_or(Entry::FREEZE)
             });
@@ -308,9 +331,9 @@ impl Llama {
             .collect()
     }
 
-    /// Logits `[batch, time, vocab]` for token ids `[batch, time]`. `grad` false skips the
-    /// frozen-linear op (evaluation: no backward follows).
-    pub fn forward(&self, tokens: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+    /// The final hidden states `[batch, time, hidden]` (after the last norm) for token ids
+    /// `[batch, time]`. `grad` false skips the frozen-linear op (no backward follows).
+    pub fn hidden(&self, tokens: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (b, t) = tokens.dims2()?;
         let mut h = self
@@ -348,12 +371,24 @@ impl Llama {
             let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
             h = (h + lin(&y, &blk.o, None)?)?;
             let x = rms_norm(&h, blk.post_norm.tensor(), c.eps)?;
-            let g = lin(&x, &blk.gate, None)?.silu()?;
+            let g = lin(&x, &blk.gate, None)?;
             let u = lin(&x, &blk.up, None)?;
-            h = (h + lin(&(g * u)?, &blk.down, None)?)?;
+            let a = crate::train::model::ops::swiglu(&g, &u)?;
+            h = (h + lin(&a, &blk.down, None)?)?;
         }
-        let h = rms_norm(&h, self.norm.tensor(), c.eps)?;
-        lin(&h, self.head.as_ref().unwrap_or(&self.embed), None)
+        rms_norm(&h, self.norm.tensor(), c.eps)
+    }
+
+    /// The LM head's weight: the head, or the embedding when they are tied.
+    pub fn head(&self) -> &Param {
+        self.head.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Logits `[batch, time, vocab]` for token ids `[batch, time]`. `grad` false skips the
+    /// frozen-linear op (evaluation: no backward follows).
+    pub fn forward(&self, tokens: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+        let h = self.hidden(tokens, grad)?;
+        linear_in(&h, self.head(), None, grad, self.compute)
     }
 
     /// Current values of every parameter, for writing a checkpoint: name -> f64 values.
