@@ -140,13 +140,16 @@ pub fn explain(e: &Error) -> String {
 /// A library message as the user reads it: "option `force`" becomes "--force" when hft has
 /// such a flag.
 pub fn flags_in(text: &str) -> String {
-    let cli = <Cli as clap::CommandFactory>::command();
-    let longs: Vec<String> = cli
-        .get_subcommands()
-        .flat_map(|c| c.get_arguments().filter_map(|a| a.get_long()))
-        .chain(cli.get_arguments().filter_map(|a| a.get_long()))
-        .map(str::to_string)
-        .collect();
+    // Every long flag of hft, gathered once: the terminal sink passes each log line here.
+    static LONGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let longs = LONGS.get_or_init(|| {
+        let cli = <Cli as clap::CommandFactory>::command();
+        cli.get_subcommands()
+            .flat_map(|c| c.get_arguments().filter_map(|a| a.get_long()))
+            .chain(cli.get_arguments().filter_map(|a| a.get_long()))
+            .map(str::to_string)
+            .collect()
+    });
     let mut out = String::new();
     let mut rest = text;
     while let Some(i) = rest.find("option `") {

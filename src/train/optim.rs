@@ -10,8 +10,10 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
+
+use crate::train::model::ops::with_values;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -59,18 +61,6 @@ pub struct AdamW {
     cfg: AdamWConfig,
     slots: Vec<Slot>,
     step: u64,
-}
-
-/// A tensor's f32 values on the CPU, if it is an f32 CPU tensor (contiguous, from its offset).
-fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) => {
-            let (a, b) = layout.contiguous_offsets()?;
-            Some(f(&v[a..b]))
-        }
-        _ => None,
-    }
 }
 
 impl AdamW {
@@ -122,12 +112,11 @@ impl AdamW {
         let mut total = 0f64;
         for (s, g) in self.slots.iter().zip(grads.iter_mut()) {
             let Some(gt) = g.as_mut() else { continue };
+            // Fused moments exist only for f32 CPU variables, whose gradients are f32 CPU too.
             if let Moments::Fused { mask, .. } = &s.moments {
-                let sum = with_cpu_f32(gt, |g| sum_squares(g, mask.as_deref()));
-                if let Some(sum) = sum {
-                    total += sum;
-                    continue;
-                }
+                let g = gt.contiguous()?;
+                total += with_values::<f32, _>(&[&g], |g| sum_squares(g[0], mask.as_deref()))?;
+                continue;
             }
             if let Some(m) = &s.mask {
                 *gt = gt.mul(m)?;

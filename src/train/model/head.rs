@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::ops::Elem;
+use super::ops::{slice, Elem};
 
 /// Logits held at once, at most (elements): 8M f32 is 32 MB.
 const CHUNK_ELEMS: usize = 8 << 20;
@@ -189,10 +189,7 @@ impl<T: Elem> HeadNll<T> {
 
 fn contiguous<'a, T: Elem>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     let v = T::values(s).ok_or_else(|| candle_core::Error::Msg("head-nll: dtype".into()))?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("head-nll: inputs must be contiguous"),
-    }
+    slice(v, l, "head-nll")
 }
 
 impl<T: Elem> CustomOp2 for HeadNll<T> {

@@ -9,7 +9,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-fn slice<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+pub(super) fn slice<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{what}: input must be contiguous"),
@@ -17,7 +17,7 @@ fn slice<'a, T>(v: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
 }
 
 /// Runs `f` on the contiguous values of CPU tensors of element type `T`.
-fn with_values<T: Elem, R>(ts: &[&Tensor], f: impl FnOnce(&[&[T]]) -> R) -> Result<R> {
+pub(crate) fn with_values<T: Elem, R>(ts: &[&Tensor], f: impl FnOnce(&[&[T]]) -> R) -> Result<R> {
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(ts.len());
     for (s, l) in &guards {
