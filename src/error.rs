@@ -61,17 +61,50 @@ impl Error {
         }
     }
 
-    /// An I/O error on a path. A missing or unreadable input is the user's to fix, so it counts
-    /// as bad input; anything else (disk full on write, ...) is a machine failure.
+    /// An I/O error on a path. A missing, unreadable or malformed path is the user's to fix (not
+    /// found, permission denied, a directory where a file belongs or the reverse, a symbolic
+    /// link loop, a name too long, text that is not UTF-8), so it counts as bad input;
+    /// anything else (disk full on write, ...) is a machine failure.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         let path = path.as_ref().to_path_buf();
+        use std::io::ErrorKind as K;
+        if source.raw_os_error() == Some(libc::ELOOP) {
+            return Error::Input {
+                msg: source.to_string(),
+                path,
+            };
+        }
         match source.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => Error::Input {
+            K::NotFound
+            | K::PermissionDenied
+            | K::IsADirectory
+            | K::NotADirectory
+            | K::InvalidFilename
+            | K::InvalidData => Error::Input {
                 msg: source.to_string(),
                 path,
             },
             _ => Error::Io { path, source },
         }
+    }
+
+    /// A YAML parse error in `path` as one line: `path: {context}line L column C: message`,
+    /// without the source excerpt the parser draws (which names `<input>`, not the file).
+    pub fn yaml(path: impl AsRef<Path>, context: &str, e: &serde_saphyr::Error) -> Self {
+        let text = e.without_snippet().to_string();
+        let head = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("");
+        let head = head.strip_prefix("error: ").unwrap_or(head);
+        let located = match e.location() {
+            Some(l) if !head.starts_with("line ") => {
+                format!("line {} column {}: {head}", l.line(), l.column())
+            }
+            _ => head.to_string(),
+        };
+        Error::input(path, format!("{context}{located}"))
     }
 
     pub fn exit_code(&self) -> i32 {

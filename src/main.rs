@@ -10,11 +10,27 @@ use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command};
 
+/// The error line as the terminal should show it: control characters (from a file name or a
+/// tensor name) escaped, so that one error is one line and cannot drive the terminal.
+fn escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let esc: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            esc
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli::signals::install();
     if let Some(n) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
+            .num_threads(n as usize)
             .build_global()
         {
             eprintln!("hft: cannot set {n} threads: {e}");
@@ -37,7 +53,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("hft: error: {}", cli::explain(&e));
+            eprintln!("hft: error: {}", escape(&cli::explain(&e)));
             ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -44,7 +44,7 @@ pub struct HfTokenizer {
 /// atoms get ids past the vocabulary here, and [`HfTokenizer::encode`] drops them, which is what
 /// the original tokenizer does with those bytes.
 pub fn load(path: &Path) -> Result<HfTokenizer> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::input::read_text(path, crate::io::input::SMALL)?;
     let bad = |m: String| Error::input(path, m);
     let canonical = if text.contains("\"version\": \"2.0\"") || text.contains("\"version\":\"2.0\"")
     {

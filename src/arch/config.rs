@@ -34,6 +34,8 @@ pub struct ModelConfig {
     /// Falcon: `new_decoder_architecture` / `multi_query`.
     pub falcon_new_arch: bool,
     pub falcon_multi_query: bool,
+    /// `head_dim` was in the file (not derived from hidden / heads).
+    pub explicit_head_dim: bool,
 }
 
 /// JSON keys of each field, the first present wins.
@@ -96,12 +98,67 @@ impl ModelConfig {
             eos: token("eos_token_id"),
             falcon_new_arch: flag("new_decoder_architecture").unwrap_or(false),
             falcon_multi_query: flag("multi_query").unwrap_or(false),
+            explicit_head_dim: get(keys::HEAD_DIM).is_some(),
         }
     }
 
     /// A field the caller cannot do without: its value, or an error naming `path` and `key`.
     pub fn need<T: Copy>(&self, path: &Path, key: &str, v: Option<T>) -> Result<T> {
         v.ok_or_else(|| Error::input(path, format!("config.json has no `{key}`")))
+    }
+
+    /// Refuses sizes no real model has, before anything is allocated from them: each at least
+    /// 1 and at most a bound far above today's largest models, heads that divide the hidden
+    /// size (when `head_dim` is not given) and key/value heads that divide the heads.
+    pub fn check_sizes(&self, path: &Path) -> Result<()> {
+        let bounds: [(&str, Option<usize>, usize); 7] = [
+            ("hidden_size", self.hidden, 1 << 20),
+            ("intermediate_size", self.intermediate, 1 << 22),
+            ("num_hidden_layers", self.layers, 4096),
+            ("num_attention_heads", self.heads, 1 << 14),
+            ("num_key_value_heads", self.kv_heads, 1 << 14),
+            ("head_dim", self.head_dim, 1 << 16),
+            ("vocab_size", self.vocab, 1 << 24),
+        ];
+        for (key, v, max) in bounds {
+            match v {
+                Some(0) => {
+                    return Err(Error::input(
+                        path,
+                        format!("`{key}` is 0; it must be at least 1"),
+                    ))
+                }
+                Some(v) if v > max => {
+                    return Err(Error::input(
+                        path,
+                        format!(
+                            "`{key}` is {v}, more than the {max} hft accepts: not a real model"
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if let (Some(h), Some(n)) = (self.hidden, self.heads) {
+            if !self.explicit_head_dim && h % n != 0 {
+                return Err(Error::input(
+                    path,
+                    format!(
+                        "`hidden_size` {h} is not a multiple of `num_attention_heads` {n} (and no \
+                         `head_dim` says otherwise)"
+                    ),
+                ));
+            }
+        }
+        if let (Some(n), Some(k)) = (self.heads, self.kv_heads) {
+            if k > n || n % k != 0 {
+                return Err(Error::input(
+                    path,
+                    format!("`num_key_value_heads` {k} does not divide `num_attention_heads` {n}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `model_type`, or "" when absent.

@@ -71,6 +71,7 @@ pub fn tensors(family: &Family, c: &ModelConfig, path: &Path) -> Result<Vec<(Str
             ),
         )
     })?;
+    c.check_sizes(path)?;
     let need = |key: &str, v: Option<usize>| c.need(path, key, v);
     let h = need("hidden_size", c.hidden)?;
     let layers = need("num_hidden_layers", c.layers)?;

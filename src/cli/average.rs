@@ -70,8 +70,11 @@ pub fn run(a: &AverageArgs, sink: &dyn Sink) -> Result<String> {
                     "--alpha averages two models; {n} given (use --weights)"
                 )));
             }
-            if !alpha.is_finite() {
-                return Err(Error::usage("--alpha must be a finite number"));
+            if !(alpha.is_finite() && alpha.abs() <= 1e3) {
+                return Err(Error::usage(format!(
+                    "--alpha {alpha} is outside [-1000, 1000]: it weighs the second model (0: the \
+                     first, 1: the second, beyond: extrapolation)"
+                )));
             }
             Some(vec![1.0 - alpha, alpha])
         }

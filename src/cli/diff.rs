@@ -6,6 +6,7 @@ use clap::Args;
 
 use hft::defaults;
 use hft::error::Result;
+use hft::io::output;
 use hft::progress::{Level, Progress, Sink};
 use hft::report::{self, diff::By, diff::SortKey, Format};
 
@@ -43,9 +44,16 @@ pub struct DiffArgs {
     /// Also write a heatmap of relative change (layers x categories) to this .svg or .png file.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Replace an existing plot FILE that hft wrote (never an input, nor any other file).
+    #[arg(long, requires = "plot")]
+    pub force: bool,
 }
 
 pub fn run(args: &DiffArgs, sink: &dyn Sink) -> Result<String> {
+    if let Some(p) = &args.plot {
+        let inputs = [args.a.as_path(), args.b.as_path()];
+        output::check(p, output::Kind::File, &inputs, args.force)?;
+    }
     let a = open(&args.a, sink)?;
     let b = open(&args.b, sink)?;
     let progress = Progress::bytes(sink, a.total_bytes() + b.total_bytes(), "diff");

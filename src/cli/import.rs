@@ -51,6 +51,9 @@ pub struct LogitsArgs {
     /// The safetensors file to write.
     #[arg(long, short, value_name = "FILE")]
     pub output: PathBuf,
+    /// Replace an existing FILE that hft wrote.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn import(a: &ImportArgs, sink: &dyn Sink) -> Result<String> {
@@ -85,6 +88,12 @@ pub fn import(a: &ImportArgs, sink: &dyn Sink) -> Result<String> {
 }
 
 pub fn logits(a: &LogitsArgs) -> Result<String> {
+    hft::io::output::check(
+        &a.output,
+        hft::io::output::Kind::File,
+        &[a.model.as_path()],
+        a.force,
+    )?;
     let v = train::logits::dump(&a.model, &a.prompts, &a.output)?;
     Ok(serde_json::to_string_pretty(&v).expect("JSON") + "\n")
 }

@@ -12,6 +12,7 @@ mod plan;
 mod reset;
 #[cfg(feature = "train")]
 mod run;
+pub mod signals;
 mod terminal;
 
 use std::path::Path;
@@ -42,8 +43,9 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Worker threads (default: all cores).
-    #[arg(long, global = true, value_name = "N")]
-    pub threads: Option<usize>,
+    #[arg(long, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// No progress bars or notes on stderr.
     #[arg(long, short, global = true)]
     pub quiet: bool,

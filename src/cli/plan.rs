@@ -7,7 +7,7 @@ use clap::{ArgAction, Args};
 
 use hft::defaults;
 use hft::error::{Error, Result};
-use hft::io::{atomic, Checkpoint};
+use hft::io::{atomic, output, Checkpoint};
 use hft::plan::export::{self, Emit};
 use hft::plan::Plan;
 use hft::progress::{Level, Sink};
@@ -118,6 +118,9 @@ pub struct PlanArgs {
     /// Write to FILE (atomically) instead of stdout; the map goes to stderr.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Replace an existing FILE that hft wrote (never an input, nor any other file).
+    #[arg(long, requires = "output")]
+    pub force: bool,
     /// Check that the plan file PLAN fits MODEL (names and shapes); exit 2 if not.
     #[arg(long, value_name = "PLAN", conflicts_with_all = ["emit", "output"])]
     pub check: Option<PathBuf>,
@@ -127,6 +130,11 @@ pub fn run(args: &PlanArgs, sink: &Terminal) -> Result<String> {
     let model = ModelInfo::open(&args.model)?;
     if let Some(path) = &args.check {
         return check(path, &model);
+    }
+    if let Some(out) = &args.output {
+        let mut inputs = vec![args.model.as_path()];
+        inputs.extend(args.diff.as_deref());
+        output::check(out, output::Kind::File, &inputs, args.force)?;
     }
     let opts = options(args)?;
     let weights = if args.strategy == Strategy::Magnitude && !model.is_config_only() {

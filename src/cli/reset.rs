@@ -6,7 +6,7 @@ use clap::Args;
 
 use hft::arch::Layout;
 use hft::defaults;
-use hft::error::{Error, Result};
+use hft::error::Result;
 use hft::plan::Plan;
 use hft::progress::Sink;
 use hft::report;
@@ -81,7 +81,7 @@ pub fn run(a: &ResetArgs, sink: &dyn Sink) -> Result<String> {
         );
         (plan, head)
     } else if let Some(p) = &a.names {
-        let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+        let text = hft::io::input::read_text(p, hft::io::input::SMALL)?;
         let plan = reset::plan_from_names(&tuned, &text, p)?;
         (plan, format!("reset the tensors listed in {}", p.display()))
     } else {

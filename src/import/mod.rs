@@ -23,7 +23,6 @@ pub use names::{hf_name, unpermute_rows};
 use names::{map_tensors, role};
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -36,7 +35,8 @@ use serde_json::{json, Map};
 use crate::arch::Category;
 use crate::error::{Error, Result};
 use crate::io::dtype::{encode_f32, DType, CHUNK};
-use crate::io::writer::{provenance, resolve_path, CheckpointWriter, TensorSpec, WriterOptions};
+use crate::io::output;
+use crate::io::writer::{provenance, CheckpointWriter, TensorSpec, WriterOptions};
 use crate::progress::{Progress, Sink};
 
 /// The only GGUF architecture imported: the family `hft run` trains and whose tensors map
@@ -116,8 +116,23 @@ pub struct GgufModel {
 
 /// Reads a GGUF header with candle, turning its messages into one-line errors on `path`.
 pub fn read_content(path: &Path) -> Result<Content> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let f = crate::io::input::open(path)?;
     let mut r = BufReader::new(f);
+    // Magic and version are checked here, so that each gets its own message.
+    let mut head = [0u8; 8];
+    std::io::Read::read_exact(&mut r, &mut head)
+        .map_err(|_| Error::input(path, "not a GGUF file: shorter than its 8-byte header"))?;
+    if &head[..4] != b"GGUF" {
+        return Err(Error::input(path, "not a GGUF file (bad magic number)"));
+    }
+    let version = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+    if !(1..=3).contains(&version) {
+        return Err(Error::input(
+            path,
+            format!("GGUF version {version} is not supported (hft reads versions 1 to 3)"),
+        ));
+    }
+    std::io::Seek::rewind(&mut r).map_err(|e| Error::io(path, e))?;
     Content::read(&mut r).map_err(|e| {
         let msg = e.to_string();
         let msg = msg.lines().next().unwrap_or("").to_string();
@@ -280,7 +295,7 @@ impl GgufModel {
     /// Hugging Face tensor, row-major.
     pub fn values(&self, m: &Mapped) -> Result<Vec<f32>> {
         let info = &self.content.tensor_infos[&m.gguf];
-        let f = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let f = crate::io::input::open(&self.path)?;
         let mut r = BufReader::new(f);
         let qt = info
             .read(&mut r, self.content.tensor_data_offset, &Device::Cpu)
@@ -405,15 +420,7 @@ pub fn import(
     if !matches!(o.dtype, DType::F32 | DType::BF16 | DType::F16) {
         return Err(Error::field("dtype", "expected f32, bf16 or f16"));
     }
-    let src = resolve_path(gguf);
-    let dst = resolve_path(out);
-    if src == dst || src.starts_with(&dst) {
-        return Err(Error::usage(format!(
-            "output `{}` would overwrite or contain the input `{}`; choose another output",
-            out.display(),
-            gguf.display()
-        )));
-    }
+    output::check(out, output::Kind::Dir, &[gguf], o.force)?;
     let model = GgufModel::open(gguf)?;
     // The tokenizer is built before any weight is written, so a bad vocabulary fails fast.
     let tok = if o.tokenizer {

@@ -33,6 +33,7 @@ impl Hparams {
             heads: Some(self.heads),
             kv_heads: Some(self.kv_heads),
             head_dim: Some(self.head_dim),
+            explicit_head_dim: true,
             vocab: Some(self.vocab),
             attention_bias: Some(bias),
             ..ModelConfig::default()

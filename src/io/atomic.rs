@@ -3,24 +3,21 @@
 
 use std::path::Path;
 
+use super::output;
 use crate::error::{Error, Result};
 
+/// Writes `bytes` to `path` through a temporary name. The caller has applied the output
+/// policy ([`super::output::check`]) where `path` is an output the user named.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::usage(format!("`{}` is not a file path", path.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{name}.hft-tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let tmp = output::temporary(path)?;
+    let r = std::fs::write(&tmp, bytes)
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    }
+    output::release(&tmp);
+    r
 }
 
 #[cfg(test)]

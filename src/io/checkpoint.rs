@@ -10,7 +10,6 @@
 //! stays bounded while walking a model many times larger than memory.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -159,7 +158,7 @@ impl Checkpoint {
     }
 
     fn open_index(dir: &Path, index: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        let text = super::input::read_text(index, super::input::SMALL)?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| Error::input(index, format!("invalid JSON: {e}")))?;
         let map = json
@@ -260,7 +259,7 @@ impl Checkpoint {
         let config = match &dir {
             Some(d) if d.join("config.json").is_file() => {
                 let p = d.join("config.json");
-                let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+                let text = super::input::read_text(&p, super::input::SMALL)?;
                 Some(
                     serde_json::from_str(&text)
                         .map_err(|e| Error::input(&p, format!("invalid JSON: {e}")))?,
@@ -357,7 +356,7 @@ impl Checkpoint {
 }
 
 fn open_shard(path: &Path) -> Result<Shard> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = super::input::open(path)?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if len < 8 {
         return Err(Error::input(
@@ -395,6 +394,27 @@ fn open_shard(path: &Path) -> Result<Shard> {
         };
         Error::input(path, msg)
     })?;
+    // The safetensors crate keeps the last of two equal names; a file like that is ambiguous.
+    let header = &map[8..8 + header_len as usize];
+    if let Some(name) = serde_json::from_slice::<FirstDuplicate>(header)
+        .ok()
+        .and_then(|d| d.0)
+    {
+        return Err(Error::input(
+            path,
+            format!("tensor name {name:?} appears twice in the header"),
+        ));
+    }
+    if let Some(name) = meta
+        .tensors()
+        .into_keys()
+        .find(|n| n.chars().any(char::is_control))
+    {
+        return Err(Error::input(
+            path,
+            format!("tensor name {name:?} holds control characters"),
+        ));
+    }
     let metadata = meta
         .metadata()
         .as_ref()
@@ -425,6 +445,36 @@ fn shard_tensors(shard: &Shard, index: usize) -> Result<Vec<TensorInfo>> {
             end: base + info.data_offsets.1,
         })
         .collect())
+}
+
+/// The first key that a JSON object holds twice, if any (nested values are skipped).
+struct FirstDuplicate(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for FirstDuplicate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = FirstDuplicate;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<FirstDuplicate, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut dup = None;
+                while let Some(k) = m.next_key::<String>()? {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                    if dup.is_none() && !seen.insert(k.clone()) {
+                        dup = Some(k);
+                    }
+                }
+                Ok(FirstDuplicate(dup))
+            }
+        }
+        d.deserialize_map(Keys)
+    }
 }
 
 /// Orders names so that numbers compare by value: `layers.2.x` < `layers.10.x`.

@@ -97,6 +97,22 @@ pub fn decode_f32(dtype: DType, bytes: &[u8], out: &mut [f32]) {
 }
 
 /// Encodes f32 values as `dtype`, rounding to nearest even for BF16 and F16.
+/// The first value of `values` that `dtype` cannot hold as a finite number (`|v|` above its
+/// largest: 65504 for f16; for bf16 the values that round up to infinity), with its index.
+/// Values already infinite or NaN are not reported here.
+pub fn first_overflow(dtype: DType, values: &[f32]) -> Option<(usize, f32)> {
+    let max = match dtype {
+        // Halfway between the largest finite value and infinity rounds (to even) up.
+        DType::F16 => 65520.0_f32,
+        DType::BF16 => f32::from_bits(0x7F7F_8000),
+        _ => return None,
+    };
+    values
+        .iter()
+        .position(|v| v.is_finite() && v.abs() >= max)
+        .map(|i| (i, values[i]))
+}
+
 pub fn encode_f32(dtype: DType, values: &[f32], out: &mut [u8]) {
     match dtype {
         DType::BF16 => {
@@ -126,6 +142,20 @@ pub fn encode_f32(dtype: DType, values: &[f32], out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overflow_is_found_exactly_where_rounding_reaches_infinity() {
+        let f16 = [65504.0, 65519.0, 65520.0];
+        assert_eq!(first_overflow(DType::F16, &f16), Some((2, 65520.0)));
+        assert!(half::f16::from_f32(65519.0).is_finite());
+        assert!(half::f16::from_f32(65520.0).is_infinite());
+        let big = f32::from_bits(0x7F7F_8000);
+        assert!(half::bf16::from_f32(big).is_infinite());
+        assert!(half::bf16::from_f32(f32::from_bits(0x7F7F_7FFF)).is_finite());
+        assert_eq!(first_overflow(DType::BF16, &[1.0, -big]), Some((1, -big)));
+        assert_eq!(first_overflow(DType::F32, &[f32::MAX]), None);
+        assert_eq!(first_overflow(DType::F16, &[f32::INFINITY, f32::NAN]), None);
+    }
 
     #[test]
     fn bf16_round_trip_rounds_to_nearest_even() {

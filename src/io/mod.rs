@@ -4,6 +4,8 @@
 pub mod atomic;
 pub mod checkpoint;
 pub mod dtype;
+pub mod input;
+pub mod output;
 pub mod writer;
 
 pub use checkpoint::{Checkpoint, TensorInfo};

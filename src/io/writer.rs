@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::checkpoint::{Checkpoint, INDEX_NAME, SINGLE_NAME};
 use super::dtype::{self, DType};
+use super::output;
 use crate::error::{Error, Result};
 
 /// Hugging Face's default shard limit ("5GB" in `save_pretrained`).
@@ -139,35 +140,17 @@ impl CheckpointWriter {
             return Err(Error::Internal("writer given no tensors".into()));
         }
         let is_dir = dest.extension().is_none_or(|e| e != "safetensors");
-        if dest.exists() && !opts.force {
-            let non_empty = if dest.is_dir() {
-                std::fs::read_dir(dest)
-                    .map_err(|e| Error::io(dest, e))?
-                    .next()
-                    .is_some()
-            } else {
-                true
-            };
-            if non_empty {
-                return Err(Error::input(
-                    dest,
-                    "output exists and is not empty; choose another path or pass option `force`",
-                ));
-            }
-        }
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+        let kind = if is_dir {
+            output::Kind::Dir
+        } else {
+            output::Kind::File
         };
+        output::check_existing(dest, kind, opts.force)?;
+        let parent = output::parent(dest);
         if !parent.is_dir() {
             std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
         }
-        let base = dest
-            .file_name()
-            .ok_or_else(|| Error::usage(format!("bad output path `{}`", dest.display())))?
-            .to_string_lossy()
-            .into_owned();
-        let tmp = parent.join(format!(".{base}.hft-tmp-{}", std::process::id()));
+        let tmp = output::temporary(dest)?;
         if tmp.exists() {
             remove_path(&tmp)?;
         }
@@ -208,6 +191,8 @@ impl CheckpointWriter {
         };
         if is_dir {
             std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let marker = opts.metadata.get("hft_command").map_or("", String::as_str);
+            output::mark(&tmp, marker)?;
         }
         let k = groups.len();
         for (si, group) in groups.iter().enumerate() {
@@ -398,23 +383,23 @@ impl CheckpointWriter {
             // An empty directory made for us (`mkdir out && hft ... -o out`) is no one's data.
             std::fs::remove_dir(&self.dest).map_err(|e| Error::io(&self.dest, e))?;
         }
-        if self.dest.exists() {
-            if !self.force {
-                // Created by someone else while we worked: never clobber it.
-                return Err(Error::input(
-                    &self.dest,
-                    "output appeared while writing; result left at a temporary name",
-                ));
-            }
-            let old = self
-                .tmp
-                .with_file_name(format!(".hft-old-{}", std::process::id()));
+        if std::fs::symlink_metadata(&self.dest).is_ok() {
+            // Checked again: something may have appeared at the destination while we worked.
+            let kind = if self.is_dir {
+                output::Kind::Dir
+            } else {
+                output::Kind::File
+            };
+            output::check_existing(&self.dest, kind, self.force)?;
+            let old = output::retired(&self.dest)?;
             std::fs::rename(&self.dest, &old).map_err(|e| Error::io(&self.dest, e))?;
             std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
             remove_path(&old)?;
+            output::release(&old);
         } else {
             std::fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io(&self.dest, e))?;
         }
+        output::release(&self.tmp);
         self.finished = true;
         Ok(self.dest.clone())
     }
@@ -424,6 +409,7 @@ impl Drop for CheckpointWriter {
     fn drop(&mut self) {
         if !self.finished {
             let _ = remove_path(&self.tmp);
+            output::release(&self.tmp);
         }
     }
 }
@@ -437,57 +423,20 @@ fn remove_path(p: &Path) -> Result<()> {
     r.map_err(|e| Error::io(p, e))
 }
 
-/// Refuses an output that would overwrite or live inside an input, or contain one (with
-/// `--force` that would delete it). Paths are compared after resolving symlinks.
+/// Refuses an output that is, lies inside or contains an input checkpoint (its directory, its
+/// file, or any of its shards): with `--force` that would delete it.
 pub fn check_output_path(out: &Path, inputs: &[&Checkpoint]) -> Result<()> {
-    let out_abs = resolve_path(out);
+    let mut paths: Vec<&Path> = Vec::new();
     for ck in inputs {
-        let mut paths = vec![resolve_path(&ck.source)];
+        paths.push(&ck.source);
         if let Some(d) = &ck.dir {
             if ck.source.is_dir() || ck.sharded {
-                paths.push(resolve_path(d));
+                paths.push(d);
             }
         }
-        paths.extend(ck.shards.iter().map(|s| resolve_path(&s.path)));
-        for p in paths {
-            if out_abs == p || out_abs.starts_with(&p) || p.starts_with(&out_abs) {
-                return Err(Error::usage(format!(
-                    "output `{}` would overwrite or sit inside input `{}`; choose another output",
-                    out.display(),
-                    ck.source.display()
-                )));
-            }
-        }
+        paths.extend(ck.shards.iter().map(|s| s.path.as_path()));
     }
-    Ok(())
-}
-
-/// Canonical form of a path that may not exist yet: its deepest existing ancestor is
-/// canonicalised and the rest appended.
-pub fn resolve_path(p: &Path) -> PathBuf {
-    let p = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir().unwrap_or_default().join(p)
-    };
-    let mut tail = Vec::new();
-    let mut cur = p.as_path();
-    loop {
-        if let Ok(c) = cur.canonicalize() {
-            let mut r = c;
-            for t in tail.iter().rev() {
-                r.push(t);
-            }
-            return r;
-        }
-        match (cur.parent(), cur.file_name()) {
-            (Some(par), Some(name)) => {
-                tail.push(name.to_os_string());
-                cur = par;
-            }
-            _ => return p,
-        }
-    }
+    output::check_inputs(out, &paths)
 }
 
 #[cfg(test)]

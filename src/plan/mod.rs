@@ -241,9 +241,9 @@ impl Plan {
 
     /// Reads a plan file (YAML or JSON, which is YAML too), checking its format version.
     pub fn read(path: &Path) -> Result<Plan> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::input::read_text(path, crate::io::input::SMALL)?;
         let plan: Plan = serde_saphyr::from_str(&text)
-            .map_err(|e| Error::input(path, format!("not a valid plan file: {e}")))?;
+            .map_err(|e| Error::yaml(path, "not a valid plan file: ", &e))?;
         if plan.format != FORMAT_VERSION {
             return Err(Error::input(
                 path,

@@ -7,7 +7,7 @@ use plotters::prelude::*;
 use crate::analysis::diff::DiffReport;
 use crate::arch::Category;
 use crate::error::{Error, Result};
-use crate::io::atomic;
+use crate::io::{atomic, output};
 use crate::progress::{Level, Sink};
 
 /// A matrix to draw as a heatmap: rows top to bottom, columns left to right.
@@ -52,13 +52,34 @@ pub fn write_plot(svg: &str, path: &Path, sink: &dyn Sink) -> Result<()> {
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase());
     match ext.as_deref() {
-        Some("svg") => atomic::write_file(path, svg.as_bytes()),
-        Some("png") => atomic::write_file(path, &rasterise(svg, path, sink)?),
+        Some("svg") => {
+            let signed = format!("{}\n{svg}", output::SVG_SIGNATURE);
+            atomic::write_file(path, signed.as_bytes())
+        }
+        Some("png") => atomic::write_file(path, &sign_png(rasterise(svg, path, sink)?)),
         _ => Err(Error::usage(format!(
             "plot `{}`: the file name must end in .svg or .png",
             path.display()
         ))),
     }
+}
+
+/// Adds hft's `Software` text chunk right after the PNG header chunk (IHDR, always first and
+/// 25 bytes), so that `--force` can tell a plot hft wrote from someone's picture.
+fn sign_png(png: Vec<u8>) -> Vec<u8> {
+    const AFTER_IHDR: usize = 8 + 25;
+    if png.len() < AFTER_IHDR {
+        return png;
+    }
+    let body = output::PNG_SOFTWARE; // chunk type and data
+    let mut chunk = Vec::with_capacity(body.len() + 8);
+    chunk.extend_from_slice(&((body.len() - 4) as u32).to_be_bytes());
+    chunk.extend_from_slice(body);
+    chunk.extend_from_slice(&crc32fast::hash(body).to_be_bytes());
+    let mut out = png[..AFTER_IHDR].to_vec();
+    out.extend_from_slice(&chunk);
+    out.extend_from_slice(&png[AFTER_IHDR..]);
+    out
 }
 
 fn rasterise(svg: &str, path: &Path, sink: &dyn Sink) -> Result<Vec<u8>> {

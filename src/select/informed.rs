@@ -113,7 +113,7 @@ fn sum_squares(ck: &Checkpoint, info: &crate::io::TensorInfo, m: &Member) -> (f6
 /// largest tensor (a bias moves with its matrix; the parts of a fused tensor share the
 /// tensor's figure, since a diff reports whole tensors). The diff must be of this model.
 pub(crate) fn delta_scores(model: &ModelInfo, us: &Units, path: &Path) -> Result<Vec<Option<f64>>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::input::read_text(path, crate::io::input::SMALL)?;
     let v: Value = serde_json::from_str(&text).map_err(|e| {
         Error::input(
             path,

@@ -51,7 +51,7 @@ impl ModelInfo {
     }
 
     fn from_config(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::input::read_text(path, crate::io::input::SMALL)?;
         let cfg: Value = serde_json::from_str(&text)
             .map_err(|e| Error::input(path, format!("not valid JSON: {e}")))?;
         let layout = Layout::detect(Some(&cfg), std::iter::empty());

@@ -174,26 +174,17 @@ pub struct AverageConfig {
 
 impl AverageConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        serde_saphyr::from_str(text).map_err(|e| Error::input(path, one_line(&e.to_string())))
+        serde_saphyr::from_str(text).map_err(|e| Error::yaml(path, "", &e))
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::input::read_text(path, crate::io::input::SMALL)?;
         Self::parse(&text, path)
     }
 }
 
 /// Errors of the YAML parser come as a headline with the line and column, then a rendered
 /// snippet over several lines; a CLI error is one line, and the headline is what the user needs.
-fn one_line(msg: &str) -> String {
-    let head = msg
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or(msg);
-    head.strip_prefix("error: ").unwrap_or(head).to_string()
-}
-
 /// Weighted average with per-tensor weights: `Σ wᵢ Mᵢ`, computed in f32 and rounded once.
 #[derive(Debug, Clone)]
 pub struct Linear {

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::{decode_inputs, Combine, Job, PickFn, Source, TensorOp, TensorView, ValuesFn, BLOCK};
 use crate::arch::Layout;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::dtype::{self, DType, CHUNK};
 use crate::io::writer::CheckpointWriter;
 use crate::io::{Checkpoint, TensorInfo};
@@ -142,6 +142,7 @@ fn run_blocks(
                             for (j, o) in sc.out[..len].iter_mut().enumerate() {
                                 *o = sc.ins[sc.sel[j] as usize][j];
                             }
+                            fits(w, ti, out_dtype, &sc.out[..len], s)?;
                             dtype::encode_f32(out_dtype, &sc.out[..len], dst);
                         }
                     }
@@ -149,6 +150,8 @@ fn run_blocks(
                         decode_inputs(&view.inputs, s, e, &mut sc.ins);
                         let ins: Vec<&[f32]> = sc.ins.iter().map(|v| &v[..len]).collect();
                         f(s, &ins, &mut sc.out[..len]);
+                        finite(w, ti, &ins, &sc.out[..len], s)?;
+                        fits(w, ti, out_dtype, &sc.out[..len], s)?;
                         dtype::encode_f32(out_dtype, &sc.out[..len], dst);
                     }
                 }
@@ -165,6 +168,48 @@ fn run_blocks(
             Ok(())
         },
     )
+}
+
+/// Refuses values the output dtype would turn into infinity (`--dtype f16` on a tensor with
+/// values above 65504), naming the tensor and the element.
+fn fits(w: &CheckpointWriter, ti: usize, out: DType, vals: &[f32], start: usize) -> Result<()> {
+    match dtype::first_overflow(out, vals) {
+        None => Ok(()),
+        Some((i, v)) => Err(Error::field(
+            "dtype",
+            format!(
+                "tensor `{}`: element {} is {v}, beyond the largest {} (it would become \
+                 infinite); keep the input's dtype or choose bf16 or f32",
+                w.specs()[ti].name,
+                start + i,
+                dtype::name(out)
+            ),
+        )),
+    }
+}
+
+/// Refuses a combination that turned finite inputs into infinity or NaN (a weight or lambda
+/// so large the f32 arithmetic overflows), naming the tensor and the element.
+fn finite(
+    w: &CheckpointWriter,
+    ti: usize,
+    ins: &[&[f32]],
+    out: &[f32],
+    start: usize,
+) -> Result<()> {
+    let bad = out
+        .iter()
+        .enumerate()
+        .find(|(j, v)| !v.is_finite() && ins.iter().all(|x| x[*j].is_finite()));
+    match bad {
+        None => Ok(()),
+        Some((j, v)) => Err(Error::usage(format!(
+            "tensor `{}`: element {} came out {v} from finite inputs; the weights, lambda or \
+             scale are too large for f32 arithmetic",
+            w.specs()[ti].name,
+            start + j
+        ))),
+    }
 }
 
 /// Copies element `i` from input `sel[i]`, `eb` bytes each.
@@ -237,6 +282,7 @@ fn copy_elements(
                 while s < e {
                     let ce = (s + CHUNK).min(e);
                     dtype::decode_f32(info.dtype, &data[s * ieb..ce * ieb], &mut vals[..ce - s]);
+                    fits(w, ti, out_dtype, &vals[..ce - s], s)?;
                     dtype::encode_f32(
                         out_dtype,
                         &vals[..ce - s],

@@ -103,7 +103,7 @@ pub struct Example {
 /// The JSON objects of a JSONL file with their line numbers (blank lines skipped); a line that is
 /// not a JSON object is an error naming it. Every data reader of the trainer starts here.
 pub fn jsonl_objects(path: &Path) -> Result<Vec<(usize, Map<String, Value>)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::input::read_text(path, crate::io::input::DATA)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -109,28 +109,6 @@ pub struct Cell {
     pub fingerprints: Vec<u64>,
 }
 
-/// Per stage, a hash of everything its checkpoint depends on: the model, tokenizer, dtype,
-/// precision and seed of the recipe, the stage's resolved settings, data and plan, the strategy that replaces
-/// an unpinned plan, and the fingerprint of the stage before.
-pub fn fingerprints(r: &Recipe, strategy: Option<&str>) -> Vec<u64> {
-    let mut prev = crate::rng::fnv1a64(&format!(
-        "{}|{}|{:?}|{:?}|{}",
-        r.model.display(),
-        r.tokenizer,
-        r.dtype,
-        r.precision,
-        r.seed
-    ));
-    (0..r.stages.len())
-        .map(|i| {
-            let s = r.stage(i);
-            let eff = if s.pinned { None } else { strategy };
-            prev = crate::rng::fnv1a64(&format!("{prev:016x}|{s:?}|{eff:?}"));
-            prev
-        })
-        .collect()
-}
-
 /// The runs of `g`, seeds outermost (so the run that trains a seed's shared stages comes
 /// before the runs that reuse them), then settings, then strategies.
 pub fn expand(recipe: &Recipe, recipe_path: &Path, g: &Grid) -> Result<Vec<Cell>> {
@@ -197,7 +175,7 @@ pub fn expand(recipe: &Recipe, recipe_path: &Path, g: &Grid) -> Result<Vec<Cell>
                     setting: setting.cloned(),
                     seed,
                     dir,
-                    fingerprints: fingerprints(&r, strategy.map(String::as_str)),
+                    fingerprints: r.fingerprints(strategy.map(String::as_str)),
                     recipe: r.clone(),
                 });
             }
@@ -273,6 +251,8 @@ pub fn run_grid(cells: &[Cell], o: &GridOptions) -> Result<Vec<RunReport>> {
             }
         }
     }
+    std::fs::create_dir_all(o.output).map_err(|e| Error::io(o.output, e))?;
+    crate::io::output::mark(o.output, &o.command)?;
     let donors = donors(cells);
     if !o.quiet {
         let trained: usize = donors
@@ -468,6 +448,7 @@ fn seed_shared(
         std::fs::remove_dir_all(to).map_err(|e| Error::io(to, e))?;
     }
     std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
+    crate::io::output::mark(to, "")?;
     let mut r = first.clone();
     r.strategy = strategy.to_string();
     r.stages.truncate(n);

@@ -75,6 +75,10 @@ pub fn dump(dir: &Path, prompts: &[String], out: &Path) -> Result<serde_json::Va
         .collect::<Result<Vec<_>>>()?;
     let mut meta = HashMap::new();
     meta.insert("model".to_string(), dir.display().to_string());
+    meta.insert(
+        "hft_version".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
     let bytes = safetensors::tensor::serialize(views, Some(meta))
         .map_err(|e| Error::Internal(format!("safetensors: {e}")))?;
     crate::io::atomic::write_file(out, &bytes)?;

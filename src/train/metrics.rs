@@ -75,6 +75,10 @@ pub struct StageResult {
     /// Set when this stage was not retrained but copied from another strategy's identical run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_from: Option<String>,
+    /// What the stage's checkpoint depended on ([`crate::train::recipe::Recipe::fingerprints`]), so that
+    /// `--resume` retrains a stage whose settings changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<u64>,
 }
 
 impl StageResult {
@@ -153,7 +157,7 @@ impl RunReport {
     }
 
     pub fn read(path: &Path) -> Result<RunReport> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::input::read_text(path, crate::io::input::SMALL)?;
         serde_json::from_str(&text).map_err(|e| Error::input(path, format!("not a run state: {e}")))
     }
 

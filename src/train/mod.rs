@@ -134,6 +134,27 @@ pub struct Options {
     pub reporter: Arc<dyn Reporter>,
 }
 
+/// Applies the output policy to a run's (or grid's) directory: never an input or around one;
+/// continued (`resume`) or replaced (`force`) only if hft wrote it.
+fn claim_output(output: &Path, recipe: &Recipe, recipe_path: &Path, o: &Options) -> Result<()> {
+    let mut inputs = recipe.inputs();
+    inputs.push(recipe_path.to_path_buf());
+    let refs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    crate::io::output::check_inputs(output, &refs)?;
+    if let Some(p) = &o.plot {
+        crate::io::output::check(p, crate::io::output::Kind::File, &refs, o.force)?;
+    }
+    let earlier =
+        output.join(stages::RUN_STATE).exists() || output.join(crate::io::output::MARKER).exists();
+    if !o.force && !o.resume && earlier {
+        return Err(Error::input(
+            output,
+            "holds an earlier run; option `resume` continues it, option `force` starts over",
+        ));
+    }
+    crate::io::output::check_existing(output, crate::io::output::Kind::Dir, o.force || o.resume)
+}
+
 /// Runs a recipe once, or (with `--compare`, `--sweep` or `--seeds`) once per cell of the
 /// grid, each under `output/STRATEGY[/KEY=VALUE][/seed-N]`, with the grid's report at `output`.
 pub fn run_recipe(recipe_path: &Path, o: &Options) -> Result<Outcome> {
@@ -144,6 +165,7 @@ pub fn run_recipe(recipe_path: &Path, o: &Options) -> Result<Outcome> {
     }
     sys::tune_allocator();
     let output = o.output.clone().unwrap_or_else(|| recipe.output.clone());
+    claim_output(&output, &recipe, recipe_path, o)?;
     let g = Grid {
         strategies: o.compare.clone(),
         sweep: o.sweep.as_deref().map(Sweep::parse).transpose()?,

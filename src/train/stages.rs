@@ -25,7 +25,7 @@ use crate::train::metrics::{Change, PlanInfo, PostResult, RunReport, StageResult
 use crate::train::model::Llama;
 use crate::train::objective::{Objective, StageData};
 use crate::train::recipe::{
-    parse_reset_strategy, parse_strategy, EvalKind, Post, Recipe, StageSpec,
+    parse_reset_strategy, parse_strategy, EvalKind, Post, Recipe, StageKind, StageSpec,
 };
 use crate::train::stage::{train_stage, Log};
 use crate::train::sys::peak_rss_mib;
@@ -211,6 +211,44 @@ pub fn change(prev: &Checkpoint, new: &Checkpoint, plan: &Plan) -> Result<Change
     })
 }
 
+/// Refuses a stage whose micro-batch cannot fit in this machine's memory, before anything is
+/// allocated or written. The estimate is a lower bound: the weights in f32 and, per token and
+/// layer, the activations the backward pass must keep (hidden-sized: 4, FFN-sized: 3), so a
+/// refusal is certain and a pass is no promise.
+fn check_memory(
+    recipe: &Recipe,
+    recipe_path: &Path,
+    cfg: &crate::train::model::Config,
+) -> Result<()> {
+    let Some(total) = crate::train::sys::total_memory() else {
+        return Ok(());
+    };
+    let per_token_layer = (4 * cfg.hidden + 3 * cfg.intermediate) as u128 * 4;
+    let weights =
+        (cfg.vocab * cfg.hidden * 2 + cfg.layers * 4 * cfg.hidden * cfg.hidden) as u128 * 4;
+    for i in 0..recipe.stages.len() {
+        let spec = recipe.stage(i);
+        let examples: u128 = spec.data.iter().map(|d| d.batch as u128).sum();
+        let pairs = if spec.kind == StageKind::Dpo { 2 } else { 1 };
+        let seq = spec.settings.seq_len.min(cfg.max_positions) as u128;
+        let need = weights + examples * pairs * seq * cfg.layers as u128 * per_token_layer;
+        if need > total as u128 {
+            return Err(Error::input(
+                recipe_path,
+                format!(
+                    "stage `{}`: a micro-batch of {examples} examples of up to {seq} tokens needs \
+                     at least {:.1} GiB, and this machine has {:.1} GiB; lower `batch` or \
+                     `seq_len` (a larger `accumulate` keeps the effective batch)",
+                    spec.name,
+                    need as f64 / (1u64 << 30) as f64,
+                    total as f64 / (1u64 << 30) as f64
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn stage_dir(i: usize, name: &str) -> String {
     format!("{i:02}-{name}")
 }
@@ -248,6 +286,15 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
         .clone()
         .or_else(|| recipe.plan.strategy.clone())
         .unwrap_or_else(|| "full".into());
+    // Every stage's plan is built once (on the base model) before anything is written, so a
+    // bad plan setting fails here and not after the first stage, with no run directory made.
+    for i in 0..recipe.stages.len() {
+        let spec = recipe.stage(i);
+        stage_plan(&spec, opts.strategy.as_deref(), &base, recipe.seed)
+            .map_err(|e| e.in_file(recipe_path, &format!("stage `{}` plan: ", spec.name)))?;
+    }
+    check_memory(recipe, recipe_path, &cfg)?;
+    let fingerprints = recipe.fingerprints(opts.strategy.as_deref());
     let state_path = opts.output.join(RUN_STATE);
     let mut report = if opts.resume && state_path.is_file() {
         let r = RunReport::read(&state_path)?;
@@ -269,9 +316,9 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
             ));
         }
         if opts.force && opts.output.exists() {
+            crate::io::output::check_existing(&opts.output, crate::io::output::Kind::Dir, true)?;
             std::fs::remove_dir_all(&opts.output).map_err(|e| Error::io(&opts.output, e))?;
         }
-        std::fs::create_dir_all(&opts.output).map_err(|e| Error::io(&opts.output, e))?;
         let model = Llama::load(&base, None, DType::F32, &opts.device)?
             .with_compute(recipe.compute_dtype());
         let r = RunReport::new(
@@ -279,9 +326,30 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
             &strategy_label,
             score_all(&model, &evals, tok.pad())?,
         );
+        std::fs::create_dir_all(&opts.output).map_err(|e| Error::io(&opts.output, e))?;
+        crate::io::output::mark(&opts.output, &opts.command)?;
         r.write(&state_path)?;
         r
     };
+    // A stage whose settings, data paths or plan changed since it was trained is retrained,
+    // and every stage after it.
+    if let Some(k) = report.stages.iter().position(|s| {
+        s.fingerprint
+            .is_some_and(|f| Some(&f) != fingerprints.get(s.index))
+    }) {
+        if opts.log.lines() {
+            opts.sink.say(
+                Level::Note,
+                &format!(
+                    "stage `{}` changed since it was trained; retraining it and the {} stage(s) \
+                     after it",
+                    report.stages[k].name,
+                    recipe.stages.len() - k - 1
+                ),
+            );
+        }
+        report.stages.truncate(k);
+    }
     // Stages recorded but whose checkpoint vanished are redone.
     while let Some(last) = report.stages.last() {
         if opts.output.join(&last.checkpoint).is_dir() {
@@ -364,6 +432,7 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
             change,
             pinned: spec.pinned,
             shared_from: None,
+            fingerprint: fingerprints.get(i).copied(),
         };
         if opts.log.lines() {
             opts.sink.say(

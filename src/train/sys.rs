@@ -14,6 +14,20 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Physical memory of this machine in bytes (Linux; `None` where it cannot be read).
+pub fn total_memory() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(|kb| kb * 1024)
+            })
+    })
+}
+
 /// Keeps freed tensor buffers in the process instead of handing them back to the kernel.
 ///
 /// Every candle op allocates its output afresh; glibc serves large blocks with mmap and returns

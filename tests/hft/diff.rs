@@ -224,7 +224,7 @@ fn plot_writes_an_svg_heatmap() {
         .assert()
         .success();
     let text = std::fs::read_to_string(&svg).unwrap();
-    assert!(text.starts_with("<svg"));
+    assert!(text.starts_with("<!-- written by hft -->\n<svg"));
     assert!(text.contains("layer 3") && text.contains("attn_q"));
     // Four layers x eight categories of cells, plus the legend.
     assert!(text.matches("<rect").count() >= 32);

@@ -5,6 +5,7 @@
 //!
 //! `cargo test --test hft` runs it all; `cargo test --test hft plan::` runs one area.
 
+mod adversarial;
 mod architecture;
 mod common;
 mod defaults;

@@ -206,40 +206,6 @@ fn output_that_is_or_is_inside_an_input_is_refused() {
 }
 
 #[test]
-fn existing_output_needs_force() {
-    let d = tempfile::tempdir().unwrap();
-    let out = d.path().join("o");
-    std::fs::create_dir(&out).unwrap();
-    std::fs::write(out.join("keep.txt"), "x").unwrap();
-    let args = [
-        "average",
-        fxs("llama-base"),
-        fxs("llama-tuned"),
-        "-o",
-        p(&out),
-    ];
-    let res = hft(2).args(args).output().unwrap();
-    assert_eq!(res.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&res.stderr).contains("--force"));
-    assert!(out.join("keep.txt").exists());
-    run_ok(hft(2), &[&args[..], &["--force"]].concat());
-    assert!(out.join("model.safetensors").is_file() && !out.join("keep.txt").exists());
-    // An empty directory is fine without --force.
-    let empty = d.path().join("empty");
-    std::fs::create_dir(&empty).unwrap();
-    run_ok(
-        hft(2),
-        &[
-            "average",
-            fxs("llama-base"),
-            fxs("llama-tuned"),
-            "-o",
-            p(&empty),
-        ],
-    );
-}
-
-#[test]
 fn reset_keeps_the_tuned_tensor_set_with_allow_missing() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("o");

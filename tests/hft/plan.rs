@@ -29,6 +29,7 @@ fn plan_file(dir: &Path, model: &str, extra: &[&str]) -> (PathBuf, Plan) {
         "-o",
         path.to_str().unwrap(),
         "-q",
+        "--force",
     ];
     args.extend_from_slice(extra);
     assert_eq!(run_ok(hft_bin(), &args), "", "-o leaves stdout empty");

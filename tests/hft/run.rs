@@ -14,13 +14,13 @@ use crate::common::*;
 
 /// `hft --threads 1` with `RAYON_NUM_THREADS=1` set as well: every training run here is
 /// single-threaded.
-fn hft_serial() -> Command {
+pub(crate) fn hft_serial() -> Command {
     let mut c = hft(1);
     c.env("RAYON_NUM_THREADS", "1");
     c
 }
 
-const RECIPE: &str = "\
+pub(crate) const RECIPE: &str = "\
 model: model
 output: out
 defaults:
@@ -46,7 +46,7 @@ post:
   - {kind: average, alphas: [0.5], base: a}
 ";
 
-fn setup(dir: &Path, lr_line: &str) {
+pub(crate) fn setup(dir: &Path, lr_line: &str) {
     let spec = ModelSpec {
         dtype: DType::BF16,
         ..ModelSpec::llama(16, 2, 4, 2, 24)
@@ -312,7 +312,10 @@ fn a_sweep_over_seeds_runs_every_cell_trains_shared_stages_once_and_resumes() {
         "{md}"
     );
     let svg = std::fs::read_to_string(out.join("learn-forget.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("category"), "{svg}");
+    assert!(
+        svg.starts_with("<!-- written by hft -->\n<svg") && svg.contains("category"),
+        "{svg}"
+    );
 
     // Again without --resume: refused, nothing touched.
     hft_serial()

@@ -160,7 +160,7 @@ impl Recipe {
 
     /// Reads a recipe, with its `quick` block laid over it when `quick` is set.
     pub fn read_variant(path: &Path, quick: bool) -> Result<Recipe> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::input::read_text(path, crate::io::input::SMALL)?;
         let r = Self::parse(&text, path)?;
         if !quick {
             return Ok(r);
@@ -172,7 +172,7 @@ impl Recipe {
             )
         })?;
         let mut v: serde_json::Value = serde_saphyr::from_str(&text)
-            .map_err(|e| Error::input(path, format!("not a valid recipe: {e}")))?;
+            .map_err(|e| Error::yaml(path, "not a valid recipe: ", &e))?;
         if let Some(m) = v.as_object_mut() {
             m.remove("quick");
         }
@@ -184,7 +184,7 @@ impl Recipe {
 
     pub fn parse(text: &str, path: &Path) -> Result<Recipe> {
         let r: Recipe = serde_saphyr::from_str(text)
-            .map_err(|e| Error::input(path, format!("not a valid recipe: {e}")))?;
+            .map_err(|e| Error::yaml(path, "not a valid recipe: ", &e))?;
         Self::finish(r, path)
     }
 
@@ -221,7 +221,48 @@ impl Recipe {
         Ok(r)
     }
 
+    /// Per stage, a hash of everything its checkpoint depends on: the model, tokenizer, dtype,
+    /// precision and seed of the recipe, the stage's resolved settings, data and plan, the strategy that replaces
+    /// an unpinned plan, and the fingerprint of the stage before.
+    pub fn fingerprints(&self, strategy: Option<&str>) -> Vec<u64> {
+        let r = self;
+        let mut prev = crate::rng::fnv1a64(&format!(
+            "{}|{}|{:?}|{:?}|{}",
+            r.model.display(),
+            r.tokenizer,
+            r.dtype,
+            r.precision,
+            r.seed
+        ));
+        (0..r.stages.len())
+            .map(|i| {
+                let s = r.stage(i);
+                let eff = if s.pinned { None } else { strategy };
+                prev = crate::rng::fnv1a64(&format!("{prev:016x}|{s:?}|{eff:?}"));
+                prev
+            })
+            .collect()
+    }
+
+    /// Every file and directory the recipe reads (model, tokenizer, plans, data, eval sets):
+    /// what no output may be, contain or lie inside.
+    pub fn inputs(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.model.clone()];
+        if self.tokenizer != "bytes" {
+            v.push(PathBuf::from(&self.tokenizer));
+        }
+        v.extend(self.plan.file.clone());
+        for s in &self.stages {
+            v.extend(s.data.iter().map(|d| d.path.clone()));
+            v.extend(s.plan.as_ref().and_then(|p| p.file.clone()));
+        }
+        v.extend(self.eval.iter().map(|e| e.path.clone()));
+        v
+    }
+
     pub(crate) fn check(&self, path: &Path) -> Result<()> {
+        /// Examples per source per step: far above what fits in any memory at seq_len 1.
+        const MAX_BATCH: usize = 1 << 20;
         let bad = |m: String| Err(Error::input(path, m));
         parse_precision(self.precision.as_deref()).map_err(|e| e.in_file(path, ""))?;
         if self.stages.is_empty() {
@@ -231,6 +272,12 @@ impl Recipe {
         for e in &self.eval {
             if !names.insert(e.name.as_str()) {
                 return bad(format!("eval set `{}` is defined twice", e.name));
+            }
+            if e.max_examples == Some(0) {
+                return bad(format!(
+                    "eval set `{}`: max_examples is 0; give at least 1 (or leave it out)",
+                    e.name
+                ));
             }
             if !e.path.is_file() {
                 return bad(format!(
@@ -271,11 +318,12 @@ impl Recipe {
                         d.path.display()
                     ));
                 }
-                if d.batch == 0 {
+                if d.batch == 0 || d.batch > MAX_BATCH {
                     return bad(format!(
-                        "stage `{}`: batch of {} is 0",
+                        "stage `{}`: batch of {} is {}; it must be 1 to {MAX_BATCH}",
                         s.name,
-                        d.path.display()
+                        d.path.display(),
+                        d.batch
                     ));
                 }
             }
@@ -288,15 +336,25 @@ impl Recipe {
                 }
             }
             let st = self.stage(i).settings;
-            if st.steps.is_none() && st.epochs.is_none() {
-                return bad(format!(
-                    "stage `{}` sets neither `steps` nor `epochs`",
-                    s.name
-                ));
+            match (st.steps, st.epochs) {
+                (None, None) => {
+                    return bad(format!(
+                        "stage `{}` sets neither `steps` nor `epochs`",
+                        s.name
+                    ))
+                }
+                (Some(_), Some(_)) => {
+                    return bad(format!(
+                        "stage `{}` has both `steps` and `epochs` (with `defaults`); give one",
+                        s.name
+                    ))
+                }
+                _ => {}
             }
-            if !(st.lr.is_finite() && st.lr > 0.0) {
-                return bad(format!("stage `{}`: lr {} must be positive", s.name, st.lr));
-            }
+            s.settings()
+                .or(&self.defaults)
+                .check()
+                .map_err(|e| e.in_file(path, &format!("stage `{}`: ", s.name)))?;
             let plan = self.stage(i).plan;
             if let Some(s) = &plan.strategy {
                 parse_strategy(s).map_err(|e| {

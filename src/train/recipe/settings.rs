@@ -144,6 +144,70 @@ pub struct Resolved {
 }
 
 impl Settings {
+    /// Refuses values no training can use, naming the field (the caller adds file and stage).
+    pub fn check(&self) -> crate::error::Result<()> {
+        use crate::error::Error;
+        let r = self.resolve();
+        let range = |field: &str, v: f64, lo: f64, hi: f64, what: &str| {
+            if v.is_finite() && v >= lo && v <= hi {
+                Ok(())
+            } else {
+                Err(Error::field(field, format!("{v} is not {what}")))
+            }
+        };
+        if self.steps == Some(0) {
+            return Err(Error::field(
+                "steps",
+                "0 steps train nothing; give at least 1",
+            ));
+        }
+        if let Some(e) = self.epochs {
+            range(
+                "epochs",
+                e,
+                f64::MIN_POSITIVE,
+                1e6,
+                "a positive number of epochs",
+            )?;
+        }
+        range(
+            "lr",
+            r.lr,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            "a positive learning rate",
+        )?;
+        range(
+            "warmup",
+            r.warmup,
+            0.0,
+            0.999,
+            "a fraction of the steps in [0, 1)",
+        )?;
+        range("min_lr", r.min_lr, 0.0, 1.0, "a fraction of lr in [0, 1]")?;
+        range("weight_decay", r.weight_decay, 0.0, 1e3, "a decay >= 0")?;
+        for b in r.betas {
+            range("betas", b, 0.0, 0.999_999, "in [0, 1)")?;
+        }
+        range("clip", r.clip, 0.0, f64::MAX, "a norm >= 0 (0: off)")?;
+        if self.accumulate == Some(0) {
+            return Err(Error::field(
+                "accumulate",
+                "0 micro-batches; give at least 1",
+            ));
+        }
+        if self.log_every == Some(0) {
+            return Err(Error::field("log_every", "0; give at least 1"));
+        }
+        if !(2..=1 << 20).contains(&r.seq_len) {
+            return Err(Error::field(
+                "seq_len",
+                format!("{} is not in 2 ..= 1048576 tokens", r.seq_len),
+            ));
+        }
+        Ok(())
+    }
+
     /// Fills in the defaults ([`crate::defaults::stage`]).
     pub fn resolve(&self) -> Resolved {
         Resolved {
