@@ -74,9 +74,13 @@ pub struct Mismatch {
     pub b: Meta,
 }
 
+/// The `schema` of `hft diff --format json`; the number changes when a field changes meaning.
+pub const SCHEMA: &str = "hft-diff/1";
+
 /// Everything `hft diff` reports; serialised as-is for `--format json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DiffReport {
+    pub schema: &'static str,
     pub a: String,
     pub b: String,
     pub family: String,
@@ -218,6 +222,7 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, progress: &Progress) -> Result<DiffR
         total.merge(&t.acc);
     }
     Ok(DiffReport {
+        schema: SCHEMA,
         a: a.display_name(),
         b: b.display_name(),
         family: layout.family_name().to_string(),

@@ -36,6 +36,9 @@ pub struct ModelConfig {
     pub falcon_multi_query: bool,
     /// `head_dim` was in the file (not derived from hidden / heads).
     pub explicit_head_dim: bool,
+    /// Size keys present with a value that is not a whole number (`-1`, `4.5`, `"4"`), as
+    /// `key` = value: reported by [`ModelConfig::check_sizes`] instead of "missing".
+    pub invalid: Vec<String>,
 }
 
 /// JSON keys of each field, the first present wins.
@@ -99,18 +102,45 @@ impl ModelConfig {
             falcon_new_arch: flag("new_decoder_architecture").unwrap_or(false),
             falcon_multi_query: flag("multi_query").unwrap_or(false),
             explicit_head_dim: get(keys::HEAD_DIM).is_some(),
+            invalid: [
+                keys::HIDDEN,
+                keys::HEADS,
+                keys::KV_HEADS,
+                keys::LAYERS,
+                keys::INTERMEDIATE,
+                keys::VOCAB,
+                keys::HEAD_DIM,
+                keys::MAX_POSITIONS,
+            ]
+            .iter()
+            .filter_map(|ks| ks.iter().find_map(|k| v.get(*k).map(|x| (k, x))))
+            .filter(|(_, x)| !x.is_null() && x.as_u64().is_none_or(|n| usize::try_from(n).is_err()))
+            .map(|(k, x)| format!("`{k}` = {x}"))
+            .collect(),
         }
     }
 
     /// A field the caller cannot do without: its value, or an error naming `path` and `key`.
     pub fn need<T: Copy>(&self, path: &Path, key: &str, v: Option<T>) -> Result<T> {
-        v.ok_or_else(|| Error::input(path, format!("config.json has no `{key}`")))
+        v.ok_or_else(|| {
+            match self
+                .invalid
+                .iter()
+                .find(|b| b.starts_with(&format!("`{key}`")))
+            {
+                Some(bad) => Error::input(path, format!("{bad} is not a whole number")),
+                None => Error::input(path, format!("config.json has no `{key}`")),
+            }
+        })
     }
 
     /// Refuses sizes no real model has, before anything is allocated from them: each at least
     /// 1 and at most a bound far above today's largest models, heads that divide the hidden
     /// size (when `head_dim` is not given) and key/value heads that divide the heads.
     pub fn check_sizes(&self, path: &Path) -> Result<()> {
+        if let Some(bad) = self.invalid.first() {
+            return Err(Error::input(path, format!("{bad} is not a whole number")));
+        }
         let bounds: [(&str, Option<usize>, usize); 7] = [
             ("hidden_size", self.hidden, 1 << 20),
             ("intermediate_size", self.intermediate, 1 << 22),

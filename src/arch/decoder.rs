@@ -56,6 +56,9 @@ pub struct Decoder {
     pub trainable: bool,
 }
 
+/// Parameters a config may describe: five times today's largest published models.
+const MAX_PARAMS: u128 = 10_000_000_000_000;
+
 /// Every tensor of a decoder, in the order checkpoints list them: embeddings, each layer
 /// (attention norm, attention with each bias beside its matrix, feed-forward norm, feed-forward),
 /// final norm, head. `path` names the config in errors.
@@ -135,6 +138,18 @@ pub fn tensors(family: &Family, c: &ModelConfig, path: &Path) -> Result<Vec<(Str
     t.push(("model.norm.weight".into(), vec![h]));
     if !tied {
         t.push(("lm_head.weight".into(), vec![vocab, h]));
+    }
+    // Sizes each within bounds can still multiply to more than any machine holds (and than
+    // the counts downstream can add up): refuse above 10^13 parameters.
+    let total = t.iter().try_fold(0u128, |acc, (_, shape)| {
+        let n = shape.iter().map(|&d| d as u128).product::<u128>();
+        (acc + n <= MAX_PARAMS).then_some(acc + n)
+    });
+    if total.is_none() {
+        return Err(Error::input(
+            path,
+            "config.json sizes add up to more than 10^13 parameters: not a real model",
+        ));
     }
     Ok(t)
 }

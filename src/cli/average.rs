@@ -10,7 +10,7 @@ use hft::progress::Sink;
 use hft::surgery::average::{AverageConfig, Linear};
 
 use super::open;
-use super::output::{execute, numbers, OutputArgs};
+use super::output::{execute, numbers, summary, OutputArgs};
 
 /// Weighted average of N checkpoints (model soup; WiSE-FT with two).
 ///
@@ -101,6 +101,20 @@ pub fn run(a: &AverageArgs, sink: &dyn Sink) -> Result<String> {
         .map(|p| open(p, sink))
         .collect::<Result<Vec<_>>>()?;
     let inputs: Vec<&Checkpoint> = models.iter().collect();
-    execute(&inputs, 0, &linear, &a.out.output()?, "average", sink)?;
-    Ok(String::new())
+    let out = a.out.output()?;
+    if let Some(c) = &a.config {
+        hft::io::output::check_inputs(&out.path, &[c.as_path()])?;
+    }
+    let outcome = execute(&inputs, 0, &linear, &out, "average", sink)?;
+    Ok(if a.out.json() {
+        let p = serde_json::json!({
+            "weights": a.weights.as_deref().map(|w| numbers(w, "--weights")).transpose()?,
+            "alpha": a.alpha,
+            "normalize": normalize,
+            "config": a.config.as_ref().map(|p| p.display().to_string()),
+        });
+        summary("average", &inputs, p, &outcome, &out)
+    } else {
+        String::new()
+    })
 }

@@ -11,7 +11,7 @@ use hft::io::Checkpoint;
 use hft::progress::Sink;
 use hft::surgery::merge::{Method, Params};
 
-use super::output::execute;
+use super::output::{execute, summary};
 use super::output::{numbers, OutputArgs};
 use super::{choice, open};
 
@@ -78,7 +78,7 @@ pub fn run(a: &MergeArgs, sink: &dyn Sink) -> Result<String> {
         .collect::<Result<Vec<_>>>()?;
     let inputs: Vec<&Checkpoint> = base.iter().chain(models.iter()).collect();
     debug_assert_eq!(merge.with_base, base.is_some());
-    execute(
+    let outcome = execute(
         &inputs,
         merge.primary,
         merge.combine.as_ref(),
@@ -86,5 +86,19 @@ pub fn run(a: &MergeArgs, sink: &dyn Sink) -> Result<String> {
         "merge",
         sink,
     )?;
-    Ok(String::new())
+    Ok(if a.out.json() {
+        let p = serde_json::json!({
+            "method": a.method.as_str(),
+            "base": a.base.as_ref().map(|b| b.display().to_string()),
+            "weights": params.weights,
+            "lambda": params.lambda,
+            "density": params.density,
+            "drop": params.drop,
+            "probs": params.probs,
+            "seed": params.seed,
+        });
+        summary("merge", &inputs, p, &outcome, &out)
+    } else {
+        String::new()
+    })
 }

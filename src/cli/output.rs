@@ -28,9 +28,13 @@ pub struct OutputArgs {
     /// split into model-0000k-of-0000K.safetensors shards.
     #[arg(long, default_value = defaults::MAX_SHARD_SIZE, value_name = "SIZE")]
     pub max_shard_size: String,
-    /// Replace an existing non-empty output (never an input).
+    /// Replace an existing output that hft wrote (never an input, nor anything else).
     #[arg(long)]
     pub force: bool,
+    /// What goes to stdout: text, or json (a summary: inputs, method, parameters, what was
+    /// written; schema `hft-surgery/1`).
+    #[arg(long, value_parser = ["text", "json"], default_value = "text", value_name = "FORMAT")]
+    pub format: String,
     /// Copy tensors that only some inputs hold from one that holds it (TUNED / the first model
     /// first), and for a resized vocabulary combine the shared rows and copy the extra rows
     /// from the model that has them, instead of refusing.
@@ -39,6 +43,10 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
+    pub fn json(&self) -> bool {
+        self.format == "json"
+    }
+
     pub fn output(&self) -> Result<Output> {
         let mut out = Output::new(&self.output);
         out.dtype = self.dtype.as_deref().map(dtype::parse_float).transpose()?;
@@ -61,6 +69,48 @@ pub fn numbers(s: &str, flag: &str) -> Result<Vec<f64>> {
                 .ok_or_else(|| Error::usage(format!("{flag}: `{p}` is not a number")))
         })
         .collect()
+}
+
+/// The `schema` of the `--format json` summary of reset, average and merge.
+pub const SCHEMA: &str = "hft-surgery/1";
+
+/// The `--format json` summary of a surgery: what went in, how, and what came out.
+pub fn summary(
+    command: &str,
+    inputs: &[&Checkpoint],
+    parameters: serde_json::Value,
+    outcome: &Outcome,
+    out: &Output,
+) -> String {
+    let mut files: Vec<String> = std::fs::read_dir(&outcome.path)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    let v = serde_json::json!({
+        "schema": SCHEMA,
+        "command": command,
+        "inputs": inputs.iter().map(|c| c.display_name()).collect::<Vec<_>>(),
+        "parameters": parameters,
+        "output": outcome.path.display().to_string(),
+        "files": files,
+        "dtype": out.dtype.map(dtype::name),
+        "tensors": outcome.tensors,
+        "parameters_written": outcome.elements,
+        "bytes": outcome.bytes,
+        "copied_missing": outcome.copied_missing.iter().map(|(n, i)| {
+            serde_json::json!({"tensor": n, "from": inputs[*i].display_name()})
+        }).collect::<Vec<_>>(),
+        "resized": outcome.resized.iter().map(|(n, shared, extra, i)| {
+            serde_json::json!({"tensor": n, "shared_rows": shared, "extra_rows": extra,
+                               "extra_from": inputs[*i].display_name()})
+        }).collect::<Vec<_>>(),
+    });
+    serde_json::to_string_pretty(&v).expect("JSON") + "\n"
 }
 
 /// Runs one surgery with a progress bar and says what was written.

@@ -112,7 +112,8 @@ pub struct PlanArgs {
     /// lisa: the period whose state the plan's tensors (and name/regex exports) show.
     #[arg(long, default_value_t = 0, value_name = "P")]
     pub period: u64,
-    /// Output form: yaml (the plan file), json, names, regex, axolotl, llamafactory, torch.
+    /// Output form: yaml (the plan file), json, names, regex, axolotl, swift (an ms-swift
+    /// config), llamafactory, torch.
     #[arg(long, value_parser = choice::<Emit>())]
     pub emit: Option<Emit>,
     /// Write to FILE (atomically) instead of stdout; the map goes to stderr.
@@ -144,7 +145,9 @@ pub fn run(args: &PlanArgs, sink: &Terminal) -> Result<String> {
     };
     let plan = select::build(&model, &opts, weights.as_ref())?;
     let map = report::plan::map(&model, &plan);
-    let note = |s: &str| sink.say(Level::Note, s);
+    // What an export cannot say (partial tensors listed whole, a schedule's one period) is a
+    // warning: it shows with --quiet too.
+    let note = |s: &str| sink.say(Level::Warning, s);
     match (&args.output, args.emit) {
         (None, None) => Ok(map),
         (None, Some(how)) => {

@@ -12,7 +12,7 @@ use hft::progress::Sink;
 use hft::report;
 use hft::surgery::reset::{self, Reset, ResetReport, ResetStrategy};
 
-use super::output::{execute, OutputArgs};
+use super::output::{execute, summary, OutputArgs};
 use super::{choice, open};
 
 /// Put part of a fine-tuned model back to its base values (the HFT paper's half-reset).
@@ -67,6 +67,9 @@ pub fn run(a: &ResetArgs, sink: &dyn Sink) -> Result<String> {
     let base = open(&a.base, sink)?;
     let tuned = open(&a.tuned, sink)?;
     let out = a.out.output()?;
+    let side_inputs: Vec<&std::path::Path> =
+        a.plan.iter().chain(&a.names).map(|p| p.as_path()).collect();
+    hft::io::output::check_inputs(&out.path, &side_inputs)?;
     let layout = Layout::for_checkpoint(&tuned);
     let (plan, headline) = if let Some(p) = &a.plan {
         let plan = Plan::read(p)?;
@@ -104,13 +107,20 @@ pub fn run(a: &ResetArgs, sink: &dyn Sink) -> Result<String> {
         (plan, head)
     };
     let report = ResetReport::new(&plan, &tuned, &layout);
-    execute(
-        &[&base, &tuned],
-        reset::TUNED,
-        &Reset { plan },
-        &out,
-        "reset",
-        sink,
-    )?;
-    Ok(report::reset::table(&report, &headline))
+    let p = serde_json::json!({
+        "how": headline,
+        "strategy": plan.strategy,
+        "ratio": plan.ratio,
+        "seed": plan.seed,
+        "stage": plan.stage,
+        "plan": a.plan.as_ref().map(|p| p.display().to_string()),
+        "names": a.names.as_ref().map(|p| p.display().to_string()),
+    });
+    let inputs = [&base, &tuned];
+    let outcome = execute(&inputs, reset::TUNED, &Reset { plan }, &out, "reset", sink)?;
+    Ok(if a.out.json() {
+        summary("reset", &inputs, p, &outcome, &out)
+    } else {
+        report::reset::table(&report, &headline)
+    })
 }

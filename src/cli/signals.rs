@@ -16,8 +16,8 @@ pub fn install() {
         std::thread::spawn(move || {
             if let Some(sig) = signals.forever().next() {
                 output::remove_temporaries();
-                let _ = std::io::stderr()
-                    .write_all(b"\nhft: interrupted; unfinished outputs removed\n");
+                let _ =
+                    std::io::stderr().write_all(b"hft: interrupted; unfinished outputs removed\n");
                 std::process::exit(128 + sig);
             }
         });

@@ -32,7 +32,8 @@ impl Counter for Bar {
 
 impl Sink for Terminal {
     fn say(&self, level: Level, text: &str) {
-        if self.quiet {
+        // Warnings say the result may not be what was asked for: --quiet keeps them.
+        if self.quiet && level != Level::Warning {
             return;
         }
         let text = super::flags_in(text);

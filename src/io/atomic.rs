@@ -9,6 +9,10 @@ use crate::error::{Error, Result};
 /// Writes `bytes` to `path` through a temporary name. The caller has applied the output
 /// policy ([`super::output::check`]) where `path` is an output the user named.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = output::parent(path);
+    if !dir.is_dir() {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
     let tmp = output::temporary(path)?;
     let r = std::fs::write(&tmp, bytes)
         .map_err(|e| Error::io(&tmp, e))

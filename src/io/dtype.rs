@@ -113,6 +113,19 @@ pub fn first_overflow(dtype: DType, values: &[f32]) -> Option<(usize, f32)> {
         .map(|i| (i, values[i]))
 }
 
+/// For an F64 tensor read into f32 arithmetic: the first value that is finite in f64 but beyond
+/// f32's range (it would become infinite), with its index. `None` for every other dtype.
+pub fn first_beyond_f32(dtype: DType, bytes: &[u8]) -> Option<(usize, f64)> {
+    if dtype != DType::F64 {
+        return None;
+    }
+    bytes
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .enumerate()
+        .find(|(_, v)| v.is_finite() && v.abs() > f32::MAX as f64)
+}
+
 pub fn encode_f32(dtype: DType, values: &[f32], out: &mut [u8]) {
     match dtype {
         DType::BF16 => {

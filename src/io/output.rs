@@ -37,8 +37,22 @@ pub fn check(out: &Path, kind: Kind, inputs: &[&Path], force: bool) -> Result<()
 /// resolving symbolic links, so `out -> model/` is caught too.
 pub fn check_inputs(out: &Path, inputs: &[&Path]) -> Result<()> {
     let o = resolve(out);
+    // A link inside an input directory (a config.json or tokenizer linked from elsewhere, as in
+    // the Hugging Face cache) makes its target an input too.
+    let mut all: Vec<(&Path, PathBuf)> = Vec::new();
     for input in inputs {
-        let i = resolve(input);
+        all.push((input, resolve(input)));
+        if let Ok(entries) = std::fs::read_dir(input) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_symlink()) {
+                    if let Ok(target) = e.path().canonicalize() {
+                        all.push((input, target));
+                    }
+                }
+            }
+        }
+    }
+    for (input, i) in all {
         let what = if o == i {
             "is"
         } else if o.starts_with(&i) {
@@ -238,29 +252,30 @@ fn safetensors_signed(path: &Path) -> bool {
 /// Canonical form of a path that may not exist yet: its deepest existing ancestor is
 /// canonicalised and the rest appended.
 pub fn resolve(p: &Path) -> PathBuf {
+    use std::path::Component;
     let p = if p.is_absolute() {
         p.to_path_buf()
     } else {
         std::env::current_dir().unwrap_or_default().join(p)
     };
-    let mut tail = Vec::new();
-    let mut cur = p.as_path();
-    loop {
-        if let Ok(c) = cur.canonicalize() {
-            let mut r = c;
-            for t in tail.iter().rev() {
-                r.push(t);
+    let comps: Vec<Component> = p.components().collect();
+    for k in (1..=comps.len()).rev() {
+        let prefix: PathBuf = comps[..k].iter().collect();
+        if let Ok(mut r) = prefix.canonicalize() {
+            // The rest does not exist, so it holds no links: `..` and `.` resolve by name.
+            for c in &comps[k..] {
+                match c {
+                    Component::ParentDir => {
+                        r.pop();
+                    }
+                    Component::Normal(n) => r.push(n),
+                    _ => {}
+                }
             }
             return r;
         }
-        match (cur.parent(), cur.file_name()) {
-            (Some(par), Some(name)) => {
-                tail.push(name.to_os_string());
-                cur = par;
-            }
-            _ => return p,
-        }
     }
+    p
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,6 +397,22 @@ mod tests {
             assert!(e.contains(what), "{e}");
         }
         check_inputs(&d.path().join("other"), &[&model]).unwrap();
+    }
+
+    #[test]
+    fn dot_dot_after_missing_directories_resolves_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let model = d.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        let sneaky = d.path().join("a/b/../../model/x.safetensors");
+        assert_eq!(resolve(&sneaky), resolve(&model).join("x.safetensors"));
+        assert!(check_inputs(&sneaky, &[&model]).is_err());
+        // A link in the input directory pointing into the output makes the output an input.
+        let ext = d.path().join("ext");
+        std::fs::create_dir(&ext).unwrap();
+        std::fs::write(ext.join("config.json"), "{}").unwrap();
+        std::os::unix::fs::symlink(ext.join("config.json"), model.join("config.json")).unwrap();
+        assert!(check_inputs(&ext, &[&model]).is_err());
     }
 
     #[test]

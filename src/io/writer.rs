@@ -32,9 +32,10 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num.parse().map_err(|_| {
-        Error::usage(format!(
-            "bad size `{s}`: expected a number and a unit, e.g. 5GB or 500MiB"
-        ))
+        Error::field(
+            "max_shard_size",
+            format!("bad size `{s}`: expected a number and a unit, e.g. 5GB or 500MiB"),
+        )
     })?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
@@ -47,16 +48,23 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "gib" => 1024.0 * 1024.0 * 1024.0,
         "tib" => 1024.0f64.powi(4),
         other => {
-            return Err(Error::usage(format!(
-            "bad size `{s}`: unknown unit `{other}` (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
-        )))
+            return Err(Error::field(
+                "max_shard_size",
+                format!(
+                    "bad size `{s}`: unknown unit `{other}` (use B, KB, MB, GB, TB, KiB, MiB, \
+                     GiB or TiB)"
+                ),
+            ))
         }
     };
     let bytes = (value * mult).round();
-    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
-        return Err(Error::usage(format!(
-            "bad size `{s}`: must be at least one byte"
-        )));
+    // A shard holds at least one byte and at most what a file system can (2^62 bytes).
+    let max = (1u64 << 62) as f64;
+    if !(bytes >= 1.0 && bytes <= max) {
+        return Err(Error::field(
+            "max_shard_size",
+            format!("`{s}` is not between 1 byte and 4 EiB"),
+        ));
     }
     Ok(bytes as u64)
 }
@@ -313,7 +321,8 @@ impl CheckpointWriter {
     }
 
     /// Copies the non-weight files of a model directory (config, tokenizer, chat template, ...)
-    /// into a directory output. Weights, indexes, pickles and hidden files are skipped.
+    /// into a directory output. Weights, indexes, pickles, hidden files and the model card
+    /// (`README.md`, which describes the input, not the output) are skipped.
     pub fn copy_side_files(&self, from: &Path) -> Result<Vec<String>> {
         let mut copied = Vec::new();
         if !self.is_dir {
@@ -322,9 +331,11 @@ impl CheckpointWriter {
         for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
             let entry = entry.map_err(|e| Error::io(from, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let ft = entry.file_type().map_err(|e| Error::io(entry.path(), e))?;
-            let skip = !ft.is_file()
+            // Links are followed (the Hugging Face cache links every file into blobs/).
+            let is_file = std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file());
+            let skip = !is_file
                 || name.starts_with('.')
+                || name == "README.md"
                 || name.ends_with(".safetensors")
                 || name == INDEX_NAME
                 || name.ends_with(".bin")
@@ -342,13 +353,16 @@ impl CheckpointWriter {
         Ok(copied)
     }
 
-    /// Writes an extra small file (a plan, a report) into a directory output.
-    pub fn add_file(&self, name: &str, contents: &[u8]) -> Result<()> {
+    /// Writes an extra small file (a plan, a report, a model card) into a directory output,
+    /// replacing a copied one of that name. Returns whether it was written (not for a
+    /// single-file output).
+    pub fn add_file(&self, name: &str, contents: &[u8]) -> Result<bool> {
         if !self.is_dir {
-            return Ok(());
+            return Ok(false);
         }
         let to = self.tmp.join(name);
-        std::fs::write(&to, contents).map_err(|e| Error::io(&to, e))
+        std::fs::write(&to, contents).map_err(|e| Error::io(&to, e))?;
+        Ok(true)
     }
 
     /// Flushes, writes the index of a sharded output, and renames the result into place.

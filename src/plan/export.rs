@@ -23,6 +23,7 @@ crate::choice! {
         Names = "names",
         Regex = "regex",
         Axolotl = "axolotl",
+        Swift = "swift",
         Llamafactory = "llamafactory",
         Torch = "torch",
     }
@@ -38,7 +39,7 @@ pub fn emit(plan: &Plan, layout: &Layout, how: Emit) -> Result<Exported> {
     let mut notes = Vec::new();
     if matches!(
         how,
-        Emit::Names | Emit::Regex | Emit::Axolotl | Emit::Llamafactory
+        Emit::Names | Emit::Regex | Emit::Axolotl | Emit::Swift | Emit::Llamafactory
     ) {
         partial_note(plan, &mut notes);
         if let Some(s) = &plan.schedule {
@@ -56,6 +57,7 @@ pub fn emit(plan: &Plan, layout: &Layout, how: Emit) -> Result<Exported> {
         Emit::Names => trainable(plan).iter().map(|n| format!("{n}\n")).collect(),
         Emit::Regex => regex(&trainable(plan)) + "\n",
         Emit::Axolotl => axolotl(plan),
+        Emit::Swift => swift(plan),
         Emit::Llamafactory => llamafactory(plan)?,
         Emit::Torch => torch(plan, layout),
     };
@@ -166,17 +168,47 @@ fn header(plan: &Plan, comment: &str) -> String {
     )
 }
 
+/// Axolotl's `unfrozen_parameters`: Axolotl freezes every parameter, then unfreezes those
+/// whose name `re.match`es a pattern (anchored at the start only) after it has rewritten every
+/// `.` not followed by `+` into `\.`. So the dots here stay bare (an escaped `\.` would become
+/// a literal backslash and match nothing), each pattern ends in `$`, and none ends in `]` (that
+/// would read as an index range). An empty list means "not set" to Axolotl (everything
+/// trains), so a plan that trains nothing gets `^$`, which matches no name.
 fn axolotl(plan: &Plan) -> String {
     let mut out = header(plan, "#");
     let names = trainable(plan);
+    out.push_str("unfrozen_parameters:\n");
     if names.is_empty() {
-        out.push_str("unfrozen_parameters: []\n");
+        out.push_str("  # this plan trains nothing: the pattern below matches no parameter\n");
+        out.push_str("  - '^$'\n");
         return out;
     }
-    out.push_str("unfrozen_parameters:\n");
     for p in patterns(&names) {
-        let _ = writeln!(out, "  - '^{}$'", p.replace('\'', "''"));
+        let bare = p.replace("\\.", ".");
+        let _ = writeln!(out, "  - '^{}$'", bare.replace('\'', "''"));
     }
+    out
+}
+
+/// An ms-swift config (`swift sft plan.swift.yaml --model ...`): in full fine-tuning ms-swift
+/// makes every parameter trainable, applies its freeze settings, then makes trainable every
+/// parameter whose name `re.search`es `trainable_parameters_regex`. The regex alone therefore
+/// trains everything; with `freeze_parameters_ratio: 1` (freeze all first) it trains exactly
+/// the plan.
+fn swift(plan: &Plan) -> String {
+    let mut out = header(plan, "#");
+    out.push_str(
+        "# ms-swift full fine-tuning of exactly this plan: every parameter frozen first, then\n\
+         # the regex's matches trained. Use: swift sft THIS_FILE --model ... (other flags after).\n\
+         # ms-swift 3.x names the first key train_type.\n",
+    );
+    out.push_str("tuner_type: full\nfreeze_parameters_ratio: 1\n");
+    let re = regex(&trainable(plan));
+    let _ = writeln!(
+        out,
+        "trainable_parameters_regex: '{}'",
+        re.replace('\'', "''")
+    );
     out
 }
 
@@ -366,179 +398,20 @@ const TORCH_DOC: &str = r#"#
 #
 # Sets requires_grad per parameter. Tensors that train only in part (element masks, rows of a
 # fused tensor) keep requires_grad and get a gradient hook zeroing their frozen elements; their
-# names are returned: give them weight_decay=0, or decoupled weight decay still moves the
-# frozen elements. Parameter names may carry a prefix the checkpoint lacks (`transformer.`,
-# `base_model.model.`): a name is looked up whole, then by its dotted suffixes.
+# names are returned. Build the optimizer with hft_param_groups(model, partial, weight_decay):
+# those parameters get weight_decay=0, since decoupled weight decay would still move their
+# frozen elements (the cost: their trainable elements are not decayed either).
+# Parameter names may carry a prefix the checkpoint lacks (`transformer.`,
+# `base_model.model.`): a name is looked up whole, then by its dotted suffixes. PEFT-wrapped
+# models work too: `base_layer`, `original_module` and `modules_to_save.<adapter>` are looked
+# through, and the adapters' own parameters (`lora_A`, ...) are left as PEFT set them.
 # Masks are rebuilt exactly as hft does (see `hft_permute`); nothing here needs hft installed.
 
 "#;
 
-const TORCH_CODE: &str = r#"
-_M64 = (1 << 64) - 1
-_C = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
-_C_SIGNED = tuple(c - (1 << 64) for c in _C)  # the same bits as torch.int64 scalars
-
-
-def _wrap(v):
-    return v & _M64
-
-
-def _same(v):
-    return v  # torch.int64 arithmetic wraps by itself
-
-
-def _srl(x, s):
-    # Logical right shift, also for two's-complement int64 tensors.
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def _splitmix64(x, c=_C, wrap=_wrap):
-    z = wrap(x + c[0])
-    z = wrap((z ^ _srl(z, 30)) * c[1])
-    z = wrap((z ^ _srl(z, 27)) * c[2])
-    return z ^ _srl(z, 31)
-
-
-def _fnv1a64(s):
-    h = 0xCBF29CE484222325
-    for b in s.encode("utf-8"):
-        h = ((h ^ b) * 0x100000001B3) & _M64
-    return h
-
-
-def hft_key(seed, name):
-    """rng::key: splitmix64(seed ^ fnv1a64(name))."""
-    return _splitmix64((seed & _M64) ^ _fnv1a64(name))
-
-
-def _half(n):
-    bits = (max(n, 4) - 1).bit_length()
-    bits = (bits + 1) // 2 * 2
-    half = bits // 2
-    return half, (1 << half) - 1
-
-
-def _feistel(x, key, half, mask, c, wrap):
-    l, r = x >> half, x & mask
-    for rnd in range(4):
-        f = _splitmix64(key ^ (rnd << 56) ^ r, c, wrap) & mask
-        l, r = r, l ^ f
-    return (l << half) | r
-
-
-def hft_permute(key, n, i):
-    """rng::permute: a keyed bijection of range(n), evaluated at i (4-round Feistel network
-    with cycle walking). Element i of a mask trains iff hft_permute(key, n, i) < count."""
-    half, mask = _half(n)
-    x = i
-    while True:
-        x = _feistel(x, key, half, mask, _C, _wrap)
-        if x < n:
-            return x
-
-
-def hft_mask_count(ratio, numel):
-    """round(ratio * numel), halves away from zero, as hft rounds."""
-    x = min(max(ratio, 0.0), 1.0) * numel
-    k = int(x)
-    if x - k >= 0.5:
-        k += 1
-    return min(k, numel)
-
-
-def _element_mask(name, numel, ratio, seed, device, chunk=1 << 22):
-    import torch
-
-    k = hft_mask_count(ratio, numel)
-    if k >= numel or k == 0:
-        return torch.full((numel,), k > 0, dtype=torch.bool, device=device)
-    key = hft_key(seed, name)
-    key = key - (1 << 64) if key >= (1 << 63) else key
-    half, mask = _half(numel)
-    out = torch.empty(numel, dtype=torch.bool, device=device)
-    for start in range(0, numel, chunk):
-        end = min(start + chunk, numel)
-        x = torch.arange(start, end, dtype=torch.int64, device=device)
-        x = _feistel(x, key, half, mask, _C_SIGNED, _same)
-        while True:
-            out_of_range = x >= numel
-            if not bool(out_of_range.any()):
-                break
-            x[out_of_range] = _feistel(x[out_of_range], key, half, mask, _C_SIGNED, _same)
-        out[start:end] = x < k
-    return out
-
-
-def hft_trainable_mask(name, shape, entry, device=None):
-    """A bool tensor of `shape`: True where the plan entry trains."""
-    import torch
-
-    numel = 1
-    for d in shape:
-        numel *= d
-    if entry == "train" or entry == "freeze":
-        return torch.full(tuple(shape), entry == "train", dtype=torch.bool, device=device)
-    if entry[0] == "mask":
-        return _element_mask(name, numel, entry[1], entry[2], device).reshape(tuple(shape))
-    _, axis, rows = entry
-    keep = torch.zeros(tuple(shape), dtype=torch.bool, device=device)
-    for a, b in rows:
-        index = [slice(None)] * len(shape)
-        index[axis] = slice(a, b)
-        keep[tuple(index)] = True
-    return keep
-
-
-def _entries(step):
-    if SCHEDULE is None:
-        return PLAN
-    period = step // SCHEDULE["interval"]
-    if period >= len(SCHEDULE["periods"]):
-        raise ValueError(
-            f"step {step} is in period {period}, past the {len(SCHEDULE['periods'])} periods "
-            "this plan lists; regenerate it with a larger --lisa-periods"
-        )
-    layers = set(SCHEDULE["periods"][period])
-    entries = dict(PLAN)
-    for name, layer in SCHEDULE["layer"].items():
-        entries[name] = "train" if layer in layers else "freeze"
-    return entries
-
-
-def _resolve(name, entries):
-    parts = name.split(".")
-    for i in range(len(parts)):
-        cand = ".".join(parts[i:])
-        if cand in entries:
-            return cand
-    return None
-
-
-def apply_hft_plan(model, step=0, strict=True):
-    """Freeze and unfreeze `model`'s parameters as the plan says (for a LISA schedule, as it
-    says at optimizer step `step`). Returns the names of the parameters that train in part."""
-    entries = _entries(step)
-    partial = []
-    for pname, p in model.named_parameters():
-        name = _resolve(pname, entries)
-        if name is None:
-            if strict:
-                raise KeyError(f"parameter {pname} is not in the plan (a plan for another model?)")
-            continue
-        entry = entries[name]
-        old = getattr(p, "_hft_hook", None)
-        if old is not None:
-            old.remove()
-            p._hft_hook = None
-        if entry == "train" or entry == "freeze":
-            p.requires_grad_(entry == "train")
-            continue
-        keep = hft_trainable_mask(name, tuple(p.shape), entry, device=p.device)
-        p.requires_grad_(True)
-        p._hft_hook = p.register_hook(lambda g, keep=keep: g * keep.to(g.dtype))
-        partial.append(pname)
-    return partial
-"#;
+/// The Python half of the torch export (mask rebuilding and `apply_hft_plan`), kept as a
+/// Python file so that it reads, and lints, as one.
+const TORCH_CODE: &str = include_str!("torch_plan.py");
 
 #[cfg(test)]
 mod tests {

@@ -253,6 +253,31 @@ impl Plan {
                 ),
             ));
         }
+        // The header's numbers are shown and copied into run reports: they must be real.
+        if !(plan.ratio.is_finite() && (0.0..=1.0).contains(&plan.ratio)) {
+            return Err(Error::input(
+                path,
+                format!("ratio {} is not a fraction in [0, 1]", plan.ratio),
+            ));
+        }
+        const MAX: u64 = 10_000_000_000_000;
+        if plan.model.tensors as u64 > MAX || plan.model.params > MAX {
+            return Err(Error::input(
+                path,
+                format!(
+                    "model.tensors {} / model.params {} are beyond any model (at most {MAX})",
+                    plan.model.tensors, plan.model.params
+                ),
+            ));
+        }
+        if let Some((name, _)) = plan.tensors.iter().find(|(_, e)| {
+            matches!(e, Entry::Mask { mask, .. } if !(mask.is_finite() && (0.0..=1.0).contains(mask)))
+        }) {
+            return Err(Error::input(
+                path,
+                format!("`{name}`: mask is not a fraction in [0, 1]"),
+            ));
+        }
         Ok(plan)
     }
 

@@ -228,6 +228,7 @@ pub fn diff_heatmap(r: &DiffReport) -> Heatmap {
 }
 
 /// Curves of points with error bars: one series per name, in a shared x-y frame.
+#[derive(Default)]
 pub struct Curves {
     pub title: String,
     pub x_label: String,
@@ -269,21 +270,35 @@ const PALETTE: [(u8, u8, u8); 10] = [
 
 /// Renders `c` as an SVG document.
 pub fn curves_svg(c: &Curves) -> Result<String> {
-    let pts = || c.series.iter().flat_map(|s| s.points.iter());
+    let pts = || {
+        c.series
+            .iter()
+            .flat_map(|s| s.points.iter())
+            .filter(|p| p.x.is_finite() && p.y.is_finite())
+    };
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for p in pts() {
-        let (ex, ey) = (p.x_err.unwrap_or(0.0), p.y_err.unwrap_or(0.0));
+        let err = |e: Option<f64>| e.filter(|e| e.is_finite()).unwrap_or(0.0);
+        let (ex, ey) = (err(p.x_err), err(p.y_err));
         x0 = x0.min(p.x - ex);
         x1 = x1.max(p.x + ex);
         y0 = y0.min(p.y - ey);
         y1 = y1.max(p.y + ey);
     }
-    for &v in &c.vlines {
-        x0 = x0.min(v);
-        x1 = x1.max(v);
+    // Vertical lines widen the x range only where there are no points to set it; a line
+    // outside the points' range is not drawn (see below). Empty ranges fall back to [0, 1]:
+    // plotters never ends on an inverted or infinite axis.
+    if x0 > x1 {
+        for &v in c.vlines.iter().filter(|v| v.is_finite()) {
+            x0 = x0.min(v);
+            x1 = x1.max(v);
+        }
     }
     if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        (x0, x1) = (0.0, 1.0);
+    }
+    if y0 > y1 {
+        (y0, y1) = (0.0, 1.0);
     }
     let pad = |a: f64, b: f64| {
         let d = (b - a).max(0.02) * 0.08;
@@ -309,7 +324,7 @@ pub fn curves_svg(c: &Curves) -> Result<String> {
             .light_line_style(WHITE)
             .draw()?;
         let grey = RGBColor(150, 150, 150);
-        for &v in &c.vlines {
+        for &v in c.vlines.iter().filter(|&&v| v >= x0 && v <= x1) {
             let steps = 30;
             for k in (0..steps).step_by(2) {
                 let a = y0 + (y1 - y0) * k as f64 / steps as f64;
@@ -364,4 +379,19 @@ pub fn curves_svg(c: &Curves) -> Result<String> {
     };
     draw().map_err(|e| Error::Internal(format!("plot: {e}")))?;
     Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn degenerate_ranges_still_render() {
+        // No points, lines at absurd places: must finish (plotters loops on inverted axes).
+        let c = Curves {
+            vlines: vec![f64::NAN, 1e39, -5.0],
+            ..Curves::default()
+        };
+        assert!(curves_svg(&c).unwrap().contains("<svg"));
+    }
 }

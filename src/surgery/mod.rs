@@ -17,6 +17,7 @@ pub mod average;
 pub mod merge;
 mod radix;
 pub mod reset;
+mod side;
 mod stream;
 
 use std::path::PathBuf;
@@ -129,6 +130,39 @@ fn decode_inputs(inputs: &[(&Checkpoint, &TensorInfo)], s: usize, e: usize, bufs
     }
 }
 
+/// [`decode_inputs`], refusing first an F64 value f32 cannot hold (see [`beyond_f32`]). The
+/// written values always pass here; statistics folded before them may see the infinity.
+fn decode_checked(
+    inputs: &[(&Checkpoint, &TensorInfo)],
+    s: usize,
+    e: usize,
+    bufs: &mut [Vec<f32>],
+) -> Result<()> {
+    for (ck, info) in inputs {
+        let eb = dtype::elem_bytes(info.dtype).expect("float dtype");
+        beyond_f32(ck, info, &ck.bytes(info)[s * eb..e * eb], s)?;
+    }
+    decode_inputs(inputs, s, e, bufs);
+    Ok(())
+}
+
+/// Refuses an F64 value that f32 arithmetic cannot hold (it would become infinite), naming
+/// the file, tensor and element. `bytes` start at element `start`.
+fn beyond_f32(ck: &Checkpoint, info: &TensorInfo, bytes: &[u8], start: usize) -> Result<()> {
+    match dtype::first_beyond_f32(info.dtype, bytes) {
+        None => Ok(()),
+        Some((i, v)) => Err(Error::input(
+            &ck.source,
+            format!(
+                "tensor `{}`: element {} is {v:e}, beyond f32's range; hft computes in f32, so \
+                 it would become infinite",
+                info.name,
+                start + i
+            ),
+        )),
+    }
+}
+
 /// Which inputs go into an output, and how everything is written.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -163,11 +197,14 @@ pub struct Outcome {
     pub path: PathBuf,
     pub tensors: usize,
     pub bytes: u64,
+    /// Parameters (elements) written.
+    pub elements: u64,
     /// Tensors copied whole because not every input holds them: (name, input index).
     pub copied_missing: Vec<(String, usize)>,
     /// Resized tensors: (name, rows combined, rows copied, input the extra rows came from).
     pub resized: Vec<(String, usize, usize, usize)>,
-    /// Non-weight files copied from the primary input's directory.
+    /// Non-weight files copied from the input whose vocabulary and tying the output has (the
+    /// primary input when it has them), and the files hft writes itself (model card).
     pub side_files: Vec<String>,
 }
 
@@ -359,7 +396,10 @@ pub fn validate(
     out: &Output,
 ) -> Result<()> {
     writer::check_output_path(&out.path, inputs)?;
-    plan_jobs(inputs, primary, combine.keeps_primary_tensors(), out).map(|_| ())
+    let jobs = plan_jobs(inputs, primary, combine.keeps_primary_tensors(), out)?;
+    let specs: Vec<TensorSpec> = jobs.iter().map(|j| j.spec.clone()).collect();
+    let layout = Layout::for_checkpoint(inputs[primary]);
+    side::source(inputs, primary, &specs, &layout, &out.path).map(|_| ())
 }
 
 /// Runs a surgery: every tensor of the inputs through `combine` into the output. `primary`
@@ -379,20 +419,22 @@ pub fn run(
     writer::check_output_path(&out.path, inputs)?;
     let jobs = plan_jobs(inputs, primary, combine.keeps_primary_tensors(), out)?;
     let layout = Layout::for_checkpoint(inputs[primary]);
+    let specs: Vec<TensorSpec> = jobs.iter().map(|j| j.spec.clone()).collect();
+    let side = side::source(inputs, primary, &specs, &layout, &out.path)?;
     let ck = inputs[primary];
     let opts = WriterOptions {
         max_shard_bytes: out.max_shard_bytes,
         metadata: writer::provenance(ck.metadata(), &out.command),
         force: out.force,
     };
-    let w = CheckpointWriter::create(
-        &out.path,
-        jobs.iter().map(|j| j.spec.clone()).collect(),
-        &opts,
-    )?;
+    let w = CheckpointWriter::create(&out.path, specs, &opts)?;
     let mut outcome = Outcome {
         tensors: jobs.len(),
         bytes: jobs.iter().map(|j| j.spec.nbytes() as u64).sum(),
+        elements: jobs
+            .iter()
+            .map(|j| j.spec.shape.iter().product::<usize>() as u64)
+            .sum(),
         ..Outcome::default()
     };
     for j in &jobs {
@@ -416,11 +458,7 @@ pub fn run(
         stream::write_tensor(inputs, &layout, combine, &w, ti, job, progress)
     })?;
     progress.finish();
-    if let Some(dir) = &ck.dir {
-        if ck.source.is_dir() || ck.sharded {
-            outcome.side_files = w.copy_side_files(dir)?;
-        }
-    }
+    outcome.side_files = side::write(inputs, side, &w, out)?;
     outcome.path = w.finish()?;
     Ok(outcome)
 }

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{decode_inputs, Combine, Job, PickFn, Source, TensorOp, TensorView, ValuesFn, BLOCK};
+use super::{decode_checked, Combine, Job, PickFn, Source, TensorOp, TensorView, ValuesFn, BLOCK};
 use crate::arch::Layout;
 use crate::error::{Error, Result};
 use crate::io::dtype::{self, DType, CHUNK};
@@ -138,7 +138,7 @@ fn run_blocks(
                         if raw_pick {
                             gather_bytes(&view.inputs, &sc.sel[..len], s, oeb, dst);
                         } else {
-                            decode_inputs(&view.inputs, s, e, &mut sc.ins);
+                            decode_checked(&view.inputs, s, e, &mut sc.ins)?;
                             for (j, o) in sc.out[..len].iter_mut().enumerate() {
                                 *o = sc.ins[sc.sel[j] as usize][j];
                             }
@@ -147,7 +147,7 @@ fn run_blocks(
                         }
                     }
                     Kernel::Values(f) => {
-                        decode_inputs(&view.inputs, s, e, &mut sc.ins);
+                        decode_checked(&view.inputs, s, e, &mut sc.ins)?;
                         let ins: Vec<&[f32]> = sc.ins.iter().map(|v| &v[..len]).collect();
                         f(s, &ins, &mut sc.out[..len]);
                         finite(w, ti, &ins, &sc.out[..len], s)?;
@@ -179,10 +179,15 @@ fn fits(w: &CheckpointWriter, ti: usize, out: DType, vals: &[f32], start: usize)
             "dtype",
             format!(
                 "tensor `{}`: element {} is {v}, beyond the largest {} (it would become \
-                 infinite); keep the input's dtype or choose bf16 or f32",
+                 infinite); keep the input's dtype or choose {}",
                 w.specs()[ti].name,
                 start + i,
-                dtype::name(out)
+                dtype::name(out),
+                if out == DType::F16 {
+                    "bf16 or f32"
+                } else {
+                    "f32"
+                }
             ),
         )),
     }
@@ -281,6 +286,7 @@ fn copy_elements(
                 let mut s = b;
                 while s < e {
                     let ce = (s + CHUNK).min(e);
+                    super::beyond_f32(ck, info, &data[s * ieb..ce * ieb], s)?;
                     dtype::decode_f32(info.dtype, &data[s * ieb..ce * ieb], &mut vals[..ce - s]);
                     fits(w, ti, out_dtype, &vals[..ce - s], s)?;
                     dtype::encode_f32(

@@ -154,7 +154,13 @@ pub fn expand(recipe: &Recipe, recipe_path: &Path, g: &Grid) -> Result<Vec<Cell>
             };
             if let Some(v) = setting {
                 r.set_field(&v.key, v.value, v.scale)?;
-                r.check(recipe_path)?;
+                // The recipe itself passed: what fails now is the swept value.
+                r.check(recipe_path).map_err(|e| match e {
+                    Error::Input { msg, .. } => {
+                        Error::field("sweep", format!("{}: {msg}", v.label()))
+                    }
+                    e => e,
+                })?;
             }
             for &strategy in &strategies {
                 let name = strategy.cloned().unwrap_or_else(|| own.clone());

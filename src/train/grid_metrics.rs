@@ -225,9 +225,14 @@ pub struct HeatTable {
     pub values: Vec<Vec<Option<f64>>>,
 }
 
+/// The `schema` of a grid's `report.json`.
+pub const SCHEMA: &str = "hft-grid/1";
+
 /// The whole grid's report.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct GridReport {
+    #[serde(default = "schema")]
+    pub schema: String,
     pub recipe: String,
     /// The swept key, if any.
     pub sweep: Option<String>,
@@ -240,6 +245,10 @@ pub struct GridReport {
     /// seeds: the heatmap's data.
     #[serde(skip)]
     pub heat: Option<HeatTable>,
+}
+
+fn schema() -> String {
+    SCHEMA.into()
 }
 
 impl GridReport {
@@ -329,6 +338,7 @@ impl GridReport {
         };
         let heat = heat(cells, reports, &keys);
         GridReport {
+            schema: SCHEMA.into(),
             recipe: recipe.display().to_string(),
             sweep,
             strategies,

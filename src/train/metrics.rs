@@ -123,8 +123,14 @@ pub struct Metrics {
     pub post: IndexMap<String, (Summary, Summary)>,
 }
 
+/// The `schema` of a run's `run.json` and `report.json`.
+pub const SCHEMA: &str = "hft-run/1";
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunReport {
+    /// [`SCHEMA`]; files written before it existed read as version 1.
+    #[serde(default = "schema")]
+    pub schema: String,
     pub recipe: String,
     pub strategy: String,
     /// Scores of the model before any stage.
@@ -144,9 +150,14 @@ fn metric(s: &Score, em: bool) -> Option<f64> {
     }
 }
 
+fn schema() -> String {
+    SCHEMA.into()
+}
+
 impl RunReport {
     pub fn new(recipe: &Path, strategy: &str, before: IndexMap<String, Score>) -> RunReport {
         RunReport {
+            schema: SCHEMA.into(),
             recipe: recipe.display().to_string(),
             strategy: strategy.to_string(),
             before,

@@ -143,6 +143,16 @@ fn claim_output(output: &Path, recipe: &Recipe, recipe_path: &Path, o: &Options)
     crate::io::output::check_inputs(output, &refs)?;
     if let Some(p) = &o.plot {
         crate::io::output::check(p, crate::io::output::Kind::File, &refs, o.force)?;
+        let (plot, out) = (
+            crate::io::output::resolve(p),
+            crate::io::output::resolve(output),
+        );
+        if plot == out || out.starts_with(&plot) {
+            return Err(Error::field(
+                "plot",
+                format!("{} is the run's output directory or holds it", p.display()),
+            ));
+        }
     }
     let earlier =
         output.join(stages::RUN_STATE).exists() || output.join(crate::io::output::MARKER).exists();
@@ -191,6 +201,16 @@ pub fn run_recipe(recipe_path: &Path, o: &Options) -> Result<Outcome> {
         let r = stages::run_stages(&recipe, recipe_path, &opts)?;
         o.reporter.run(&r, &output)?;
         return Ok(Outcome::One(Box::new(r)));
+    }
+    if let Some(v) = o
+        .match_at
+        .iter()
+        .find(|v| !(v.is_finite() && (0.0..=1.0).contains(*v)))
+    {
+        return Err(Error::field(
+            "match_at",
+            format!("{v} is not a level of learning in [0, 1] (a mean exact match)"),
+        ));
     }
     if !o.match_at.is_empty() && g.sweep.is_none() {
         return Err(Error::field(

@@ -67,6 +67,17 @@ pub fn train_stage(
         }
         (None, None) => return Err(Error::Internal("stage without steps".into())),
     };
+    let drawn = spec.data.iter().map(|d| d.batch as u128).sum::<u128>()
+        * steps as u128
+        * st.accumulate as u128;
+    if drawn > crate::train::recipe::MAX_DRAWN {
+        return Err(Error::usage(format!(
+            "stage `{}`: {steps} steps draw {drawn} examples, more than the {MAX_DRAWN} hft \
+             plans up front; train fewer epochs or steps",
+            spec.name,
+            MAX_DRAWN = crate::train::recipe::MAX_DRAWN
+        )));
+    }
     let vars = model.vars();
     let with_masks: Vec<_> = vars
         .iter()

@@ -10,6 +10,7 @@ mod architecture;
 mod common;
 mod defaults;
 mod diff;
+mod exports;
 mod fuzz;
 #[cfg(feature = "train")]
 mod import;

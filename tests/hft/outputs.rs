@@ -377,7 +377,24 @@ fn sharded_output_round_trips_through_diff() {
 #[test]
 fn resized_vocabulary_and_missing_head_with_allow_missing() {
     let d = tempfile::tempdir().unwrap();
-    let out = d.path().join("o");
+    // A directory output would pair the 272-row embedding with a 264-row head: no input's
+    // config.json describes that, so it is refused; a single weights file is written.
+    let dir = d.path().join("dir");
+    let res = hft(2)
+        .args([
+            "average",
+            fxs("llama-base"),
+            fxs("llama-tied-resized"),
+            "--allow-missing",
+            "-o",
+            p(&dir),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(res.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("match no input's"));
+    assert!(!dir.exists());
+    let out = d.path().join("o.safetensors");
     run_ok(
         hft(2),
         &[
@@ -400,4 +417,66 @@ fn resized_vocabulary_and_missing_head_with_allow_missing() {
     // alpha 1: shared rows and extra rows all from the resized model; the head from BASE.
     assert!(bytes(&o, "model.embed_tokens.weight") == bytes(&r, "model.embed_tokens.weight"));
     assert!(bytes(&o, "lm_head.weight") == bytes(&b, "lm_head.weight"));
+}
+
+/// What transformers reads beside the weights describes the output: config.json and tokenizer
+/// from the input whose vocabulary and tying the output has, the config's dtype that of the
+/// stored weights, and hft's own model card instead of an input's.
+#[test]
+fn side_files_describe_the_output() {
+    use hft::fixtures::synth::{write_model, ModelSpec};
+    use hft::io::writer::WriterOptions;
+    let d = tempfile::tempdir().unwrap();
+    let spec = |vocab| ModelSpec {
+        vocab,
+        tied: true,
+        ..ModelSpec::llama(16, 2, 4, 2, 24)
+    };
+    let (base, tuned) = (d.path().join("base"), d.path().join("tuned"));
+    write_model(&spec(264), &base, 1, None, &WriterOptions::default()).unwrap();
+    // The tuned model added 8 tokens; its tokenizer and card are its own.
+    write_model(&spec(272), &tuned, 1, Some(2), &WriterOptions::default()).unwrap();
+    // As in the Hugging Face cache: the tokenizer is a link into a blob store.
+    let blob = d.path().join("blob-tokenizer");
+    std::fs::write(&blob, "{\"added\": 8}").unwrap();
+    std::os::unix::fs::symlink(&blob, tuned.join("tokenizer.json")).unwrap();
+    std::fs::write(tuned.join("README.md"), "# the tuned model's card\n").unwrap();
+    let out = d.path().join("avg");
+    run_ok(
+        hft(2),
+        &[
+            "average",
+            p(&base),
+            p(&tuned),
+            "--allow-missing",
+            "--dtype",
+            "f32",
+            "-o",
+            p(&out),
+        ],
+    );
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["vocab_size"], 272,
+        "config from the input with the output's vocabulary"
+    );
+    assert_eq!(
+        cfg["torch_dtype"], "float32",
+        "config dtype follows --dtype"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("tokenizer.json")).unwrap(),
+        "{\"added\": 8}"
+    );
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(!card.contains("the tuned model's card"), "{card}");
+    assert!(
+        card.contains("tags:\n- hft") && card.contains(" average "),
+        "{card}"
+    );
+    assert_eq!(
+        open(&out).get("model.embed_tokens.weight").unwrap().shape,
+        [272, 16]
+    );
 }

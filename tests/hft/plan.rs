@@ -9,6 +9,7 @@ use hft::plan::{Entry, Plan};
 use hft::select::ModelInfo;
 
 use crate::common::*;
+use crate::exports::{python, python_checks, Axolotl, Swift};
 
 /// Exit code and stderr of a run that must fail.
 fn run_err(args: &[&str]) -> (i32, String) {
@@ -20,7 +21,7 @@ fn run_err(args: &[&str]) -> (i32, String) {
     )
 }
 
-fn plan_file(dir: &Path, model: &str, extra: &[&str]) -> (PathBuf, Plan) {
+pub(crate) fn plan_file(dir: &Path, model: &str, extra: &[&str]) -> (PathBuf, Plan) {
     let path = dir.join(format!("{model}.plan.yaml"));
     let m = fixture(model);
     let mut args = vec![
@@ -37,7 +38,7 @@ fn plan_file(dir: &Path, model: &str, extra: &[&str]) -> (PathBuf, Plan) {
     (path, plan)
 }
 
-fn trains_any(e: &Entry) -> bool {
+pub(crate) fn trains_any(e: &Entry) -> bool {
     match e {
         Entry::Whole(s) => *s == hft::plan::State::Train,
         Entry::Mask { mask, .. } => *mask > 0.0,
@@ -81,21 +82,13 @@ fn every_export_matches_the_yaml_plan() {
 
         let info = ModelInfo::open(&m).unwrap();
         let re = regex::Regex::new(base("regex").trim_end()).unwrap();
-        let ax = base("axolotl");
-        let ax_res: Vec<regex::Regex> = ax
-            .lines()
-            .filter_map(|l| l.strip_prefix("  - '"))
-            .map(|l| regex::Regex::new(&l.trim_end_matches('\'').replace("''", "'")).unwrap())
-            .collect();
-        assert!(ax.contains("unfrozen_parameters:\n"));
+        let ax = Axolotl::new(&base("axolotl"));
+        let sw = Swift::new(&base("swift"));
         for (name, _) in &info.tensors {
             let t = want.contains(name);
             assert_eq!(re.is_match(name), t, "{model} regex on {name}");
-            assert_eq!(
-                ax_res.iter().any(|r| r.is_match(name)),
-                t,
-                "{model} axolotl on {name}"
-            );
+            assert_eq!(ax.trains(name), t, "{model} axolotl on {name}");
+            assert_eq!(sw.trains(name), t, "{model} ms-swift on {name}");
         }
 
         let torch = base("torch");
@@ -110,123 +103,6 @@ fn every_export_matches_the_yaml_plan() {
         }
         python_checks(&torch, &plan, &info, dir.path());
     }
-}
-
-fn python() -> Option<&'static str> {
-    Std::new("python3")
-        .arg("--version")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|_| "python3")
-}
-
-fn has_torch() -> bool {
-    python().is_some_and(|p| {
-        Std::new(p)
-            .args(["-c", "import torch"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-/// The torch export compiles; its pure-Python mask rebuild (another process, another
-/// language) selects exactly the elements Rust selects; with torch present, it also runs on a
-/// module of the model's shapes and the gradients follow the plan element by element.
-fn python_checks(torch_src: &str, plan: &Plan, info: &ModelInfo, dir: &Path) {
-    let Some(py) = python() else {
-        eprintln!("python3 not found: torch export not checked");
-        return;
-    };
-    let file = dir.join("hft_plan.py");
-    std::fs::write(&file, torch_src).unwrap();
-    let out = Std::new(py)
-        .args(["-m", "py_compile", file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    // Element masks: the smallest masked tensors, rebuilt in Python.
-    let mut masked: Vec<(&String, &Entry, &Vec<usize>)> = plan
-        .tensors
-        .iter()
-        .filter(|(_, e)| matches!(e, Entry::Mask { .. }))
-        .map(|(n, e)| (n, e, &info.tensors.iter().find(|(m, _)| m == n).unwrap().1))
-        .collect();
-    masked.sort_by_key(|(_, _, s)| s.iter().product::<usize>());
-    for (name, e, shape) in masked.into_iter().take(3) {
-        let Entry::Mask { mask, seed } = e else {
-            unreachable!()
-        };
-        let numel: usize = shape.iter().product();
-        let script = format!(
-            "exec(open({f:?}).read())\nk = hft_key({seed}, {name:?})\nc = hft_mask_count({mask:?}, {numel})\n\
-             print(' '.join(str(i) for i in range({numel}) if hft_permute(k, {numel}, i) < c))\n",
-            f = file.to_str().unwrap()
-        );
-        let out = Std::new(py).args(["-c", &script]).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got: Vec<usize> = String::from_utf8(out.stdout)
-            .unwrap()
-            .split_whitespace()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        let f = e.element_fn(name, shape);
-        let want: Vec<usize> = (0..numel).filter(|&i| f.trains(i)).collect();
-        assert_eq!(got, want, "Python mask of {name}");
-    }
-
-    if !has_torch() {
-        eprintln!("torch not installed: torch export compiled, not run");
-        return;
-    }
-    let shapes: Vec<String> = info
-        .tensors
-        .iter()
-        .map(|(n, s)| format!("({n:?}, {s:?})"))
-        .collect();
-    let script = format!(
-        r#"
-import torch
-exec(open({f:?}).read())
-root = torch.nn.Module()
-for name, shape in [{shapes}]:
-    mod = root
-    parts = ["transformer"] + name.split(".")
-    for p in parts[:-1]:
-        if p not in mod._modules:
-            mod.add_module(p, torch.nn.Module())
-        mod = mod._modules[p]
-    mod.register_parameter(parts[-1], torch.nn.Parameter(torch.randn(shape)))
-partial = apply_hft_plan(root)
-loss = sum((p.float() ** 2).sum() for p in root.parameters() if p.requires_grad)
-loss.backward()
-for pname, p in root.named_parameters():
-    name = pname[len("transformer."):]
-    keep = hft_trainable_mask(name, tuple(p.shape), PLAN[name])
-    if not p.requires_grad:
-        assert not keep.any(), name
-        continue
-    assert torch.equal(p.grad != 0, keep), name
-print("ok", len(partial))
-"#,
-        f = file.to_str().unwrap(),
-        shapes = shapes.join(", ")
-    );
-    let out = Std::new(py).args(["-c", &script]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -152,6 +152,10 @@ pub struct StageSpec {
     pub beta: f64,
 }
 
+/// Examples a stage may draw in all (steps x accumulate x batches): every draw is planned
+/// before the first step, 8 bytes each, so this caps that plan at 1 GiB.
+pub const MAX_DRAWN: u128 = 1 << 27;
+
 impl Recipe {
     /// Reads and checks a recipe; paths inside are resolved against its directory.
     pub fn read(path: &Path) -> Result<Recipe> {
@@ -355,6 +359,18 @@ impl Recipe {
                 .or(&self.defaults)
                 .check()
                 .map_err(|e| e.in_file(path, &format!("stage `{}`: ", s.name)))?;
+            if let Some(steps) = st.steps {
+                let drawn = s.data.iter().map(|d| d.batch as u128).sum::<u128>()
+                    * steps as u128
+                    * st.accumulate as u128;
+                if drawn > MAX_DRAWN {
+                    return bad(format!(
+                        "stage `{}`: steps x accumulate x batch draw {drawn} examples, more \
+                         than the {} hft plans up front",
+                        s.name, MAX_DRAWN
+                    ));
+                }
+            }
             let plan = self.stage(i).plan;
             if let Some(s) = &plan.strategy {
                 parse_strategy(s).map_err(|e| {

@@ -155,12 +155,15 @@ impl Settings {
                 Err(Error::field(field, format!("{v} is not {what}")))
             }
         };
-        if self.steps == Some(0) {
-            return Err(Error::field(
-                "steps",
-                "0 steps train nothing; give at least 1",
-            ));
-        }
+        let count = |field: &str, v: Option<u64>, max: u64| match v {
+            Some(v) if !(1..=max).contains(&v) => {
+                Err(Error::field(field, format!("{v} is not in 1 ..= {max}")))
+            }
+            _ => Ok(()),
+        };
+        count("steps", self.steps, 100_000_000)?;
+        count("accumulate", self.accumulate, 65_536)?;
+        count("log_every", self.log_every, u64::MAX)?;
         if let Some(e) = self.epochs {
             range(
                 "epochs",
@@ -170,11 +173,13 @@ impl Settings {
                 "a positive number of epochs",
             )?;
         }
+        // The optimiser computes in f32: the rate must be finite there.
+        let lr_max = f32::MAX as f64;
         range(
             "lr",
             r.lr,
             f64::MIN_POSITIVE,
-            f64::MAX,
+            lr_max,
             "a positive learning rate",
         )?;
         range(
@@ -190,15 +195,6 @@ impl Settings {
             range("betas", b, 0.0, 0.999_999, "in [0, 1)")?;
         }
         range("clip", r.clip, 0.0, f64::MAX, "a norm >= 0 (0: off)")?;
-        if self.accumulate == Some(0) {
-            return Err(Error::field(
-                "accumulate",
-                "0 micro-batches; give at least 1",
-            ));
-        }
-        if self.log_every == Some(0) {
-            return Err(Error::field("log_every", "0; give at least 1"));
-        }
         if !(2..=1 << 20).contains(&r.seq_len) {
             return Err(Error::field(
                 "seq_len",

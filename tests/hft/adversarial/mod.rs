@@ -174,6 +174,17 @@ fn plan_and_plot_outputs_never_touch_inputs_devices_or_foreign_files() {
         run_ok(hft(2), &["diff", p(&m), p(&t), "--plot", p(&o)]);
         run_ok(hft(2), &["diff", p(&m), p(&t), "--plot", p(&o), "--force"]);
     }
+    // `..` after directories that do not exist yet resolves by name: still the input.
+    bad(
+        &["plan", p(&m), "-o", p(&d.path().join("x/y/../../m/p.yaml"))],
+        "input",
+    );
+    let evil = d.path().join("x/y/../../t/evil.safetensors");
+    bad(
+        &["reset", "--base", p(&m), "--tuned", p(&t), "-o", p(&evil)],
+        "input",
+    );
+    assert!(!d.path().join("t/evil.safetensors").exists());
     // A symbolic link is never replaced (the link's target could be anything).
     let link = d.path().join("link.yaml");
     std::os::unix::fs::symlink(&notes, &link).unwrap();
@@ -292,10 +303,42 @@ fn absurd_sizes_and_endless_inputs_are_refused_at_once() {
     mkfifo(&fifo);
     bad(&["diff", p(&fifo), tuned], "not a regular file");
     bad(&reset(&["--names", p(&fifo), "-o", p(&out)]), "FIFO");
-    let (code, err) = code_err(&["--threads", "100000", "diff", base, tuned]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--threads"), "{err}");
+    bad(&["--threads", "100000", "diff", base, tuned], "--threads");
+    bad(&["--threads=0", "diff", base, tuned], "--threads");
+    bad(
+        &[
+            "average",
+            base,
+            tuned,
+            "--max-shard-size",
+            "99999999999999999999GB",
+            "-o",
+            p(&out),
+        ],
+        "--max-shard-size",
+    );
     assert!(!out.exists());
+    // Each size within its bound, together beyond any machine: refused, not an overflow.
+    let mut c = config.clone();
+    for (k, v) in [
+        ("hidden_size", 1u64 << 20),
+        ("num_hidden_layers", 4096),
+        ("num_attention_heads", 16384),
+        ("num_key_value_heads", 16384),
+        ("head_dim", 65536),
+    ] {
+        c[k] = v.into();
+    }
+    let f = d.path().join("huge.json");
+    std::fs::write(&f, c.to_string()).unwrap();
+    bad(&["plan", p(&f)], "10^13 parameters");
+    let mut c = config.clone();
+    c["num_hidden_layers"] = (-1).into();
+    std::fs::write(&f, c.to_string()).unwrap();
+    bad(
+        &["plan", p(&f)],
+        "`num_hidden_layers` = -1 is not a whole number",
+    );
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -364,6 +407,27 @@ fn overflowing_numbers_are_refused_with_the_tensor_named() {
     bad(
         &["average", p(&m), p(&m), "--dtype", "f16", "-o", p(&out)],
         "tensor `w.weight`: element 1 is 100000",
+    );
+    // An F64 value beyond f32's range, which hft computes in, is refused too.
+    let m64 = d.path().join("big64.safetensors");
+    let vals: Vec<u8> = [1.0f64, 1e300]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F64, vec![2], &vals).unwrap();
+    std::fs::write(
+        &m64,
+        safetensors::tensor::serialize([("w.weight", view)], None).unwrap(),
+    )
+    .unwrap();
+    bad(
+        &["average", p(&m64), p(&m64), "-o", p(&out)],
+        "element 1 is 1e300",
+    );
+    bad(
+        &["average", p(&m64), p(&m64), "--dtype", "f32", "-o", p(&out)],
+        "beyond f32",
     );
     assert!(!out.exists() && leftovers(d.path()).is_empty());
 }

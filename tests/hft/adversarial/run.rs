@@ -60,6 +60,21 @@ fn run_outputs_never_hold_or_sit_inside_inputs() {
         ],
         "input",
     );
+    // Two outputs of one command at one path; values from the command line named as flags.
+    let g = ["run", "r.yaml", "-o", "../g", "--compare", "full,category"];
+    run_bad(&dir, &[&g[..], &["--plot", "../g"]].concat(), "--plot");
+    run_bad(
+        &dir,
+        &["run", "r.yaml", "--sweep", "warmup=1,0.5"],
+        "--sweep: warmup=1",
+    );
+    for level in ["--match-at=nan", "--match-at=2"] {
+        run_bad(
+            &dir,
+            &["run", "r.yaml", "--sweep", "lr=1e-3,2e-3", level],
+            "--match-at",
+        );
+    }
     assert_eq!(snapshot(&dir), before);
 }
 
@@ -83,6 +98,19 @@ fn recipe_fields_out_of_range_are_refused_before_anything_is_written() {
             "both `steps` and `epochs`",
         ),
         ("  steps: 3\n", "  steps: 0\n", "steps"),
+        ("  steps: 3\n", "  steps: 18446744073709551615\n", "steps"),
+        ("  steps: 3\n", "  steps: 4294967296\n", "steps"),
+        (
+            "  steps: 3\n",
+            "  steps: 3\n  accumulate: 18446744073709551615\n",
+            "accumulate",
+        ),
+        (
+            "  steps: 3\n",
+            "  steps: 3000000\n  accumulate: 60000\n",
+            "plans up front",
+        ),
+        ("lr: 1.0e-2\n  steps", "lr: 1.0e39\n  steps", "lr"),
         ("  steps: 3\n", "  steps: 3\n  log_every: 0\n", "log_every"),
         ("  seq_len: 32\n", "  seq_len: 1\n", "seq_len"),
         (
