@@ -95,6 +95,25 @@ pub fn markdown(r: &RunReport) -> String {
             fmt(s.curve.last().map(|c| c.1), 4),
         );
     }
+    let derived: Vec<String> = r
+        .stages
+        .iter()
+        .filter_map(|s| {
+            s.plan.derived_from.as_ref().map(|d| {
+                format!(
+                    "- stage {} `{}`: {} plan ranked by {d}",
+                    s.index, s.name, s.plan.strategy
+                )
+            })
+        })
+        .collect();
+    if !derived.is_empty() {
+        let _ = writeln!(
+            m,
+            "\nPlans derived from the run's own measurements:\n\n{}",
+            derived.join("\n")
+        );
+    }
     let _ = writeln!(m, "\n## Change per category (‖Δ‖/‖W‖, from `hft diff` of each stage against the one before)\n");
     let cats: Vec<String> = r
         .stages

@@ -23,6 +23,10 @@ pub struct PlanInfo {
     pub trainable: u64,
     pub total: u64,
     pub fraction: f64,
+    /// For a plan the run derived from its own measurements (`delta`, `protect`): what it
+    /// ranked by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<String>,
 }
 
 impl PlanInfo {
@@ -35,6 +39,7 @@ impl PlanInfo {
             trainable: p.summary.all.trainable,
             total: p.summary.all.total,
             fraction: p.summary.all.fraction,
+            derived_from: None,
         }
     }
 }

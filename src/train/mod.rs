@@ -11,6 +11,7 @@
 //! computes and never formats: report files are written by the [`Reporter`] the caller passes.
 
 pub mod data;
+pub mod derive;
 pub mod eval;
 pub mod grid;
 pub mod grid_metrics;

@@ -11,22 +11,19 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use indexmap::IndexMap;
 
-use crate::defaults;
 use crate::error::{Error, Result};
 use crate::io::dtype::{self, DType as FileDType};
 use crate::io::writer::{provenance, CheckpointWriter, TensorSpec, WriterOptions};
 use crate::io::Checkpoint;
 use crate::plan::{Entry, Plan, State};
 use crate::progress::{Level, Progress, Sink};
-use crate::select::{self, ModelInfo, SelectOptions};
 use crate::train::data::{read_jsonl, Example, Tokenizer};
+use crate::train::derive;
 use crate::train::eval::{self, retention, Score};
 use crate::train::metrics::{Change, PlanInfo, PostResult, RunReport, StageResult};
 use crate::train::model::Llama;
 use crate::train::objective::{Objective, StageData};
-use crate::train::recipe::{
-    parse_reset_strategy, parse_strategy, EvalKind, Post, Recipe, StageKind, StageSpec,
-};
+use crate::train::recipe::{parse_reset_strategy, EvalKind, Post, Recipe, StageKind};
 use crate::train::stage::{train_stage, Log};
 use crate::train::sys::peak_rss_mib;
 use crate::train::TrainError;
@@ -99,45 +96,6 @@ fn score_all(model: &Llama, evals: &EvalData, pad: u32) -> Result<IndexMap<Strin
             Ok((n.clone(), s))
         })
         .collect()
-}
-
-/// The plan of a stage: a plan file checked against the model, or a strategy draw on the
-/// stage's starting checkpoint (whose weights `magnitude` reads).
-pub fn stage_plan(
-    spec: &StageSpec,
-    strategy_override: Option<&str>,
-    start: &Checkpoint,
-    default_seed: u64,
-) -> Result<Plan> {
-    let info = ModelInfo::from_checkpoint(start);
-    let use_file = spec.plan.file.is_some() && (spec.pinned || strategy_override.is_none());
-    if use_file {
-        let f = spec.plan.file.as_ref().expect("checked");
-        let plan = Plan::read(f)?;
-        plan.check(f, info.names_shapes())?;
-        return Ok(plan);
-    }
-    let name = match (spec.pinned, strategy_override) {
-        (false, Some(s)) => s.to_string(),
-        _ => spec.plan.strategy.clone().unwrap_or_else(|| "full".into()),
-    };
-    let strategy = parse_strategy(&name)?;
-    let mut o = SelectOptions::new(
-        strategy,
-        spec.plan.ratio.unwrap_or(defaults::RATIO),
-        spec.plan.seed.unwrap_or(default_seed),
-    );
-    o.stage = if spec.plan.redraw.unwrap_or(true) {
-        spec.index as u64
-    } else {
-        0
-    };
-    if strategy == select::Strategy::Lisa {
-        return Err(Error::usage(
-            "strategy `lisa` changes its layers during a stage; `hft run` does not schedule it yet",
-        ));
-    }
-    select::build(&info, &o, Some(start))
 }
 
 /// Writes `model` as a checkpoint in each tensor's dtype of `base` (or `dtype`), with the base's
@@ -249,10 +207,6 @@ fn check_memory(
     Ok(())
 }
 
-fn stage_dir(i: usize, name: &str) -> String {
-    format!("{i:02}-{name}")
-}
-
 fn output_dtype(recipe: &Recipe) -> Result<Option<FileDType>> {
     recipe.dtype.as_deref().map(dtype::parse_float).transpose()
 }
@@ -290,7 +244,7 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
     // bad plan setting fails here and not after the first stage, with no run directory made.
     for i in 0..recipe.stages.len() {
         let spec = recipe.stage(i);
-        stage_plan(&spec, opts.strategy.as_deref(), &base, recipe.seed)
+        derive::validate(&spec, opts.strategy.as_deref(), &base, recipe.seed)
             .map_err(|e| e.in_file(recipe_path, &format!("stage `{}` plan: ", spec.name)))?;
     }
     check_memory(recipe, recipe_path, &cfg)?;
@@ -376,8 +330,13 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
         let spec = recipe.stage(i);
         let prev = Checkpoint::open(&prev_path)?;
         // A value out of range in the stage's plan is the recipe's to fix: say where.
-        let plan = stage_plan(&spec, opts.strategy.as_deref(), &prev, recipe.seed)
-            .map_err(|e| e.in_file(recipe_path, &format!("stage `{}` plan: ", spec.name)))?;
+        // A value out of range in the stage's plan is the recipe's to fix: say where.
+        let in_recipe = |e: Error| e.in_file(recipe_path, &format!("stage `{}` plan: ", spec.name));
+        let derived = derive::diff_for(recipe, &spec, opts.strategy.as_deref(), &opts.output)
+            .map_err(in_recipe)?;
+        let diff = derived.as_ref().map(|(p, _)| p.as_path());
+        let plan = derive::stage_plan(&spec, opts.strategy.as_deref(), &prev, recipe.seed, diff)
+            .map_err(in_recipe)?;
         let model = Llama::load(&prev, Some(&plan), DType::F32, &opts.device)?
             .with_compute(recipe.compute_dtype());
         if opts.log.lines() {
@@ -401,7 +360,7 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
             opts.log,
             opts.sink.as_ref(),
         )?;
-        let dir = stage_dir(i, &spec.name);
+        let dir = derive::stage_dir(i, &spec.name);
         let dest = opts.output.join(&dir);
         write_checkpoint(&t.model, &base, out_dtype, &plan, &dest, &opts.command)?;
         let new = Checkpoint::open(&dest)?;
@@ -419,7 +378,10 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
             name: spec.name.clone(),
             tasks: spec.tasks.clone(),
             checkpoint: dir,
-            plan: PlanInfo::of(&plan),
+            plan: PlanInfo {
+                derived_from: derived.map(|(_, what)| what),
+                ..PlanInfo::of(&plan)
+            },
             steps: t.steps,
             epochs: t.epochs,
             seconds: t.seconds,

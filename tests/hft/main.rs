@@ -9,6 +9,8 @@ mod adversarial;
 mod architecture;
 mod common;
 mod defaults;
+#[cfg(feature = "train")]
+mod derived;
 mod diff;
 mod exports;
 mod fuzz;

@@ -72,6 +72,11 @@ pub struct PlanSpec {
     pub redraw: Option<bool>,
     /// A plan file (from `hft plan`) instead of a strategy.
     pub file: Option<PathBuf>,
+    /// `delta` and `protect`: train the units that changed `least` (the default) or `most`.
+    pub order: Option<String>,
+    /// `delta`: an `hft diff --format json` to rank by, instead of the previous stage's
+    /// change as the run measures it.
+    pub diff: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -207,15 +212,16 @@ impl Recipe {
         if r.tokenizer != "bytes" {
             r.tokenizer = abs(Path::new(&r.tokenizer)).display().to_string();
         }
-        if let Some(f) = &r.plan.file {
-            r.plan.file = Some(abs(f));
+        for p in
+            std::iter::once(&mut r.plan).chain(r.stages.iter_mut().filter_map(|s| s.plan.as_mut()))
+        {
+            for f in [&mut p.file, &mut p.diff].into_iter().flatten() {
+                *f = abs(f);
+            }
         }
         for s in &mut r.stages {
             for d in &mut s.data {
                 d.path = abs(&d.path);
-            }
-            if let Some(f) = s.plan.as_mut().and_then(|p| p.file.as_mut()) {
-                *f = abs(f);
             }
         }
         for e in &mut r.eval {
@@ -256,9 +262,11 @@ impl Recipe {
             v.push(PathBuf::from(&self.tokenizer));
         }
         v.extend(self.plan.file.clone());
+        v.extend(self.plan.diff.clone());
         for s in &self.stages {
             v.extend(s.data.iter().map(|d| d.path.clone()));
             v.extend(s.plan.as_ref().and_then(|p| p.file.clone()));
+            v.extend(s.plan.as_ref().and_then(|p| p.diff.clone()));
         }
         v.extend(self.eval.iter().map(|e| e.path.clone()));
         v
@@ -425,6 +433,7 @@ impl Recipe {
             plan.ratio = plan.ratio.or(self.plan.ratio);
             plan.seed = plan.seed.or(self.plan.seed);
             plan.redraw = plan.redraw.or(self.plan.redraw);
+            plan.order = plan.order.or(self.plan.order.clone());
         }
         plan.ratio = s.ratio.or(plan.ratio);
         StageSpec {
@@ -472,11 +481,22 @@ pub fn parse_reset_strategy(s: &str) -> Result<ResetStrategy> {
 }
 
 /// A selection strategy by name, as `hft plan` takes it.
+/// The stage strategy that freezes what earlier stages changed most (see `train::derive`).
+pub const PROTECT: &str = "protect";
+
+/// A stage's strategy: one of `hft plan`'s, or `protect` (a `delta` plan over the change of
+/// every earlier stage, see [`crate::train::derive`]), which ranks like `delta`.
 pub fn parse_strategy(s: &str) -> Result<Strategy> {
+    if s == PROTECT {
+        return Ok(Strategy::Delta);
+    }
     Strategy::parse(s).ok_or_else(|| {
         Error::field(
             "strategy",
-            format!("unknown strategy `{s}` (one of {})", Strategy::names()),
+            format!(
+                "unknown strategy `{s}` (one of {}, protect)",
+                Strategy::names()
+            ),
         )
     })
 }

@@ -1,0 +1,183 @@
+//! Stage plans, including the ones a run derives from its own measurements: a `delta` stage
+//! without a diff file ranks units by how much the previous stage changed them, and a
+//! `protect` stage by how much every earlier stage changed them together (measured from the
+//! recipe's model), training the least changed: the hypothesis that keeping what earlier
+//! tasks moved reduces forgetting. The diffs are `hft diff`'s own (`analysis::diff`), written
+//! as JSON under the run's `diffs/` and made again from the checkpoints when missing (after a
+//! resume, or in a grid run whose first stages were shared from another run).
+
+use std::path::{Path, PathBuf};
+
+use crate::choice::Choice;
+use crate::defaults;
+use crate::error::{Error, Result};
+use crate::io::Checkpoint;
+use crate::plan::Plan;
+use crate::progress::Progress;
+use crate::select::{self, ModelInfo, Prefer, SelectOptions};
+use crate::train::recipe::{parse_strategy, Recipe, StageSpec, PROTECT};
+
+/// The directory of stage `i` in a run.
+pub fn stage_dir(i: usize, name: &str) -> String {
+    format!("{i:02}-{name}")
+}
+
+/// The strategy a stage draws with: the grid's override unless the stage pins its own plan.
+pub fn strategy_name(spec: &StageSpec, strategy_override: Option<&str>) -> String {
+    match (spec.pinned, strategy_override) {
+        (false, Some(s)) => s.to_string(),
+        _ => spec.plan.strategy.clone().unwrap_or_else(|| "full".into()),
+    }
+}
+
+/// Whether the stage's plan is a file rather than a draw.
+fn uses_file(spec: &StageSpec, strategy_override: Option<&str>) -> bool {
+    spec.plan.file.is_some() && (spec.pinned || strategy_override.is_none())
+}
+
+/// The diff a `delta` or `protect` stage ranks by, and what it measures (for the report):
+/// the recipe's `diff` if it gives one, else made from the run's checkpoints. None for the
+/// other strategies.
+pub fn diff_for(
+    recipe: &Recipe,
+    spec: &StageSpec,
+    strategy_override: Option<&str>,
+    output: &Path,
+) -> Result<Option<(PathBuf, String)>> {
+    let name = strategy_name(spec, strategy_override);
+    if uses_file(spec, strategy_override) || !(name == "delta" || name == PROTECT) {
+        return Ok(None);
+    }
+    if let Some(d) = &spec.plan.diff {
+        return Ok(Some((d.clone(), format!("the diff {}", d.display()))));
+    }
+    let i = spec.index;
+    if i == 0 {
+        return Err(Error::field(
+            "strategy",
+            format!("`{name}` ranks by what earlier stages changed; the first stage has none"),
+        ));
+    }
+    let ckpt = |k: usize| output.join(stage_dir(k, &recipe.stages[k].name));
+    let (from, to, file, what) = if name == PROTECT {
+        let names: Vec<&str> = recipe.stages[..i].iter().map(|s| s.name.as_str()).collect();
+        (
+            recipe.model.clone(),
+            ckpt(i - 1),
+            format!("{}-protect.json", stage_dir(i, &spec.name)),
+            format!("the change of stages {} together", names.join(", ")),
+        )
+    } else {
+        let prev = &recipe.stages[i - 1].name;
+        let start = if i == 1 {
+            recipe.model.clone()
+        } else {
+            ckpt(i - 2)
+        };
+        (
+            start,
+            ckpt(i - 1),
+            format!("{}.json", stage_dir(i - 1, prev)),
+            format!("the change of stage `{prev}`"),
+        )
+    };
+    let path = output.join("diffs").join(file);
+    if !path.is_file() {
+        let r = crate::analysis::diff::diff(
+            &Checkpoint::open(&from)?,
+            &Checkpoint::open(&to)?,
+            &Progress::hidden(),
+        )?;
+        let text = serde_json::to_string_pretty(&r).expect("diff reports serialise") + "\n";
+        crate::io::atomic::write_file(&path, text.as_bytes())?;
+    }
+    let shown = path
+        .strip_prefix(output)
+        .unwrap_or(&path)
+        .display()
+        .to_string();
+    Ok(Some((path, format!("{what} ({shown})"))))
+}
+
+/// Checks what can be checked of a stage's plan before anything runs: a drawn plan is built on
+/// `start`; a derived one (whose diff does not exist yet) has its ratio and order checked.
+pub fn validate(
+    spec: &StageSpec,
+    strategy_override: Option<&str>,
+    start: &Checkpoint,
+    seed: u64,
+) -> Result<()> {
+    let name = strategy_name(spec, strategy_override);
+    let derived = !uses_file(spec, strategy_override)
+        && (name == "delta" || name == PROTECT)
+        && spec.plan.diff.is_none();
+    if !derived {
+        return stage_plan(spec, strategy_override, start, seed, None).map(|_| ());
+    }
+    if spec.index == 0 {
+        return Err(Error::field(
+            "strategy",
+            format!("`{name}` ranks by what earlier stages changed; the first stage has none"),
+        ));
+    }
+    let r = spec.plan.ratio.unwrap_or(defaults::RATIO);
+    if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
+        return Err(Error::field("ratio", format!("{r} is outside [0, 1]")));
+    }
+    order(spec, &name).map(|_| ())
+}
+
+fn order(spec: &StageSpec, name: &str) -> Result<Option<Prefer>> {
+    match &spec.plan.order {
+        None if name == PROTECT => Ok(Some(Prefer::Least)),
+        None => Ok(None),
+        Some(o) => Prefer::parse(o)
+            .map(Some)
+            .ok_or_else(|| Error::field("order", format!("`{o}`: expected least or most"))),
+    }
+}
+
+/// The plan of a stage: a plan file checked against the model, or a strategy draw on the
+/// stage's starting checkpoint (whose weights `magnitude` reads; `delta` and `protect` rank
+/// by `diff`).
+pub fn stage_plan(
+    spec: &StageSpec,
+    strategy_override: Option<&str>,
+    start: &Checkpoint,
+    default_seed: u64,
+    diff: Option<&Path>,
+) -> Result<Plan> {
+    let info = ModelInfo::from_checkpoint(start);
+    if uses_file(spec, strategy_override) {
+        let f = spec.plan.file.as_ref().expect("checked");
+        let plan = Plan::read(f)?;
+        plan.check(f, info.names_shapes())?;
+        return Ok(plan);
+    }
+    let name = strategy_name(spec, strategy_override);
+    let strategy = parse_strategy(&name)?;
+    let mut o = SelectOptions::new(
+        strategy,
+        spec.plan.ratio.unwrap_or(defaults::RATIO),
+        spec.plan.seed.unwrap_or(default_seed),
+    );
+    o.stage = if spec.plan.redraw.unwrap_or(true) {
+        spec.index as u64
+    } else {
+        0
+    };
+    o.prefer = order(spec, &name)?;
+    o.diff = diff
+        .map(Path::to_path_buf)
+        .or_else(|| spec.plan.diff.clone());
+    if strategy == select::Strategy::Lisa {
+        return Err(Error::usage(
+            "strategy `lisa` changes its layers during a stage; `hft run` does not schedule it yet",
+        ));
+    }
+    let mut plan = select::build(&info, &o, Some(start))?;
+    if name == PROTECT {
+        plan.strategy = PROTECT.into();
+    }
+    Ok(plan)
+}
