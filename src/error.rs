@@ -99,7 +99,7 @@ impl Error {
             .unwrap_or("");
         let head = head.strip_prefix("error: ").unwrap_or(head);
         let located = match e.location() {
-            Some(l) if !head.starts_with("line ") => {
+            Some(l) if !head.starts_with("line ") && !head.contains(" line ") => {
                 format!("line {} column {}: {head}", l.line(), l.column())
             }
             _ => head.to_string(),

@@ -35,15 +35,18 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ) {
         e.exit();
     }
+    // clap's message spans lines (the missing arguments, the possible values, a tip, usage):
+    // everything but the usage and the pointer to --help goes on the one line.
     let text = e.render().to_string();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or("bad arguments");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    let tip = lines.find_map(|l| l.strip_prefix("tip: "));
-    match tip {
-        Some(t) => eprintln!("hft: error: {} (tip: {t})", escape(first)),
-        None => eprintln!("hft: error: {}", escape(first)),
-    }
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let joined = parts.join(" ");
+    let line = joined.strip_prefix("error: ").unwrap_or(&joined);
+    eprintln!("hft: error: {}", escape(line));
     ExitCode::from(2)
 }
 
@@ -72,10 +75,19 @@ fn main() -> ExitCode {
     match result {
         Ok(out) => {
             let mut stdout = std::io::stdout().lock();
-            // A closed pipe (`hft diff ... | head`) is not an error worth a message.
-            let _ = stdout.write_all(out.as_bytes());
-            let _ = stdout.flush();
-            ExitCode::SUCCESS
+            match stdout
+                .write_all(out.as_bytes())
+                .and_then(|_| stdout.flush())
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                // A reader that stopped early (`hft diff ... | head`) is not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                // A full disk or a closed stdout lost the result: say so, exit 1.
+                Err(e) => {
+                    eprintln!("hft: error: writing to stdout: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Err(e) => {
             eprintln!("hft: error: {}", escape(&cli::explain(&e)));

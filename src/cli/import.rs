@@ -61,7 +61,7 @@ pub fn import(a: &ImportArgs, sink: &dyn Sink) -> Result<String> {
         dtype: parse_float(&a.dtype)?,
         force: a.force,
         tokenizer: !a.no_tokenizer,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: super::command_line(),
     };
     let s = import::import(&a.gguf, &a.output, &o, sink)?;
     let types: Vec<String> = s

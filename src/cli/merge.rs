@@ -87,16 +87,31 @@ pub fn run(a: &MergeArgs, sink: &dyn Sink) -> Result<String> {
         sink,
     )?;
     Ok(if a.out.json() {
-        let p = serde_json::json!({
+        // The values the method used, defaults filled in; those it ignores are left out.
+        let n = a.models.len();
+        let mut p = serde_json::json!({
             "method": a.method.as_str(),
             "base": a.base.as_ref().map(|b| b.display().to_string()),
-            "weights": params.weights,
-            "lambda": params.lambda,
-            "density": params.density,
-            "drop": params.drop,
-            "probs": params.probs,
-            "seed": params.seed,
         });
+        let with_base = !matches!(a.method, Method::Select);
+        if with_base {
+            p["weights"] = serde_json::json!(params.weights.clone().unwrap_or(vec![1.0; n]));
+            p["lambda"] = serde_json::json!(params.lambda.unwrap_or(defaults::LAMBDA));
+        }
+        match a.method {
+            Method::Ties => {
+                p["density"] = serde_json::json!(params.density.unwrap_or(defaults::DENSITY))
+            }
+            Method::Dare => p["drop"] = serde_json::json!(params.drop.unwrap_or(defaults::DROP)),
+            Method::Select => {
+                p["probs"] =
+                    serde_json::json!(params.probs.clone().unwrap_or(vec![1.0 / n as f64; n]))
+            }
+            _ => {}
+        }
+        if matches!(a.method, Method::Dare | Method::Select) {
+            p["seed"] = serde_json::json!(params.seed);
+        }
         summary("merge", &inputs, p, &outcome, &out)
     } else {
         String::new()

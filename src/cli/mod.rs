@@ -175,7 +175,8 @@ pub fn flags_in(text: &str) -> String {
 
 /// The command line as a shell would need it typed, for outputs' provenance metadata.
 pub fn command_line() -> String {
-    let mut args = std::env::args();
+    // Arguments that are not UTF-8 (a file name in another encoding) are shown lossily.
+    let mut args = std::env::args_os().map(|a| a.to_string_lossy().into_owned());
     let first = args.next().map(|p| {
         Path::new(&p)
             .file_name()

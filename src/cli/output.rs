@@ -82,14 +82,19 @@ pub fn summary(
     outcome: &Outcome,
     out: &Output,
 ) -> String {
-    let mut files: Vec<String> = std::fs::read_dir(&outcome.path)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut files: Vec<String> = match std::fs::read_dir(&outcome.path) {
+        Ok(d) => d
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect(),
+        // A single .safetensors output is its one file.
+        Err(_) => outcome
+            .path
+            .file_name()
+            .map(|n| vec![n.to_string_lossy().into_owned()])
+            .unwrap_or_default(),
+    };
     files.sort();
     let v = serde_json::json!({
         "schema": SCHEMA,

@@ -107,8 +107,9 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = defaults::LISA_INTERVAL, value_name = "STEPS")]
     pub lisa_interval: u64,
     /// lisa: how many periods the schedule lists.
-    #[arg(long, default_value_t = defaults::LISA_PERIODS, value_name = "N")]
-    pub lisa_periods: usize,
+    #[arg(long, default_value_t = defaults::LISA_PERIODS as u32, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub lisa_periods: u32,
     /// lisa: the period whose state the plan's tensors (and name/regex exports) show.
     #[arg(long, default_value_t = 0, value_name = "P")]
     pub period: u64,
@@ -193,7 +194,7 @@ fn options(a: &PlanArgs) -> Result<SelectOptions> {
     o.lisa = LisaOptions {
         layers: a.lisa_layers,
         interval: a.lisa_interval,
-        periods: a.lisa_periods,
+        periods: a.lisa_periods as usize,
         period: a.period,
     };
     Ok(o)

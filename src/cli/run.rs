@@ -93,7 +93,7 @@ pub fn run(a: &RunArgs, sink: &Terminal) -> Result<String> {
         );
     }
     let device = train::device(&a.device)?;
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = super::command_line();
     let o = Options {
         device,
         compare: a.compare.clone(),

@@ -126,12 +126,12 @@ pub fn check_existing(out: &Path, kind: Kind, force: bool) -> Result<()> {
                  to replace an earlier hft output",
             ));
         }
-        if !out.join(MARKER).is_file() {
+        if let Err(why) = owned(out, 0) {
             return Err(Error::input(
                 out,
                 format!(
-                    "output exists and hft did not write it (no {MARKER} in it); option `force` \
-                     replaces only hft's own outputs: remove it yourself or choose another path"
+                    "output exists and {why}; option `force` replaces only what hft wrote: \
+                     move that out, or choose another path"
                 ),
             ));
         }
@@ -154,20 +154,134 @@ pub fn check_existing(out: &Path, kind: Kind, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// The marker file's contents: who wrote the directory and with what command.
-pub fn marker(command: &str) -> String {
-    serde_json::json!({
-        "written_by": format!("hft {}", env!("CARGO_PKG_VERSION")),
-        "command": command,
-    })
-    .to_string()
-        + "\n"
+/// What a marked directory is, and so which entries in it are hft's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// A checkpoint: exactly the entries the marker lists.
+    Checkpoint,
+    /// A run (`hft run`): its state, reports and plots, `diffs/`, and marked directories
+    /// (stage checkpoints).
+    Run,
+    /// A grid of runs: its reports and plots, and directories that are (or only hold) runs.
+    Grid,
 }
 
-/// Writes the marker into a directory hft is creating.
-pub fn mark(dir: &Path, command: &str) -> Result<()> {
+impl Marked {
+    fn name(self) -> &'static str {
+        match self {
+            Marked::Checkpoint => "checkpoint",
+            Marked::Run => "run",
+            Marked::Grid => "grid",
+        }
+    }
+}
+
+/// The files a run or grid directory holds beside its subdirectories.
+const RUN_FILES: &[&str] = &[
+    "run.json",
+    "report.json",
+    "report.md",
+    "loss.svg",
+    "learn-forget.svg",
+    "heatmap.svg",
+];
+
+/// Writes the marker into a directory hft is creating: who wrote it, with what command, what
+/// kind of output it is and (for a checkpoint) the entries it holds.
+pub fn mark(dir: &Path, command: &str, kind: Marked) -> Result<()> {
+    let mut v = serde_json::json!({
+        "written_by": format!("hft {}", env!("CARGO_PKG_VERSION")),
+        "command": command,
+        "kind": kind.name(),
+    });
+    if kind == Marked::Checkpoint {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != MARKER)
+            .collect();
+        names.sort();
+        v["entries"] = serde_json::json!(names);
+    }
     let p = dir.join(MARKER);
-    std::fs::write(&p, marker(command)).map_err(|e| Error::io(&p, e))
+    std::fs::write(&p, v.to_string() + "\n").map_err(|e| Error::io(&p, e))
+}
+
+/// Whether everything in `dir` is hft's: a valid marker, and no entry hft did not write.
+/// Directories inside a grid that only group runs (`full/`, `lr=1e-3/`) carry no marker of
+/// their own and are hft's when everything in them is. `Err` says what is not hft's.
+fn owned(dir: &Path, depth: usize) -> std::result::Result<(), String> {
+    let shown = |p: &Path| p.display().to_string();
+    let marker = std::fs::read_to_string(dir.join(MARKER)).ok();
+    let kind = marker
+        .as_deref()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        .filter(|v| {
+            v["written_by"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("hft "))
+        })
+        .map(|v| {
+            let kind = match v["kind"].as_str() {
+                Some("checkpoint") => Some(Marked::Checkpoint),
+                Some("run") => Some(Marked::Run),
+                Some("grid") => Some(Marked::Grid),
+                _ => None,
+            };
+            let entries: Vec<String> = v["entries"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (kind, entries)
+        });
+    let (kind, entries) = match kind {
+        Some((Some(k), e)) => (Some(k), e),
+        _ if depth > 0 && marker.is_none() => (None, Vec::new()),
+        _ => return Err(format!("{} holds no valid {MARKER} of hft's", shown(dir))),
+    };
+    let listing = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", shown(dir)))?;
+    for e in listing.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name == MARKER {
+            continue;
+        }
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let ok = match kind {
+            Some(Marked::Checkpoint) => entries.contains(&name),
+            Some(Marked::Run) | Some(Marked::Grid) if RUN_FILES.contains(&name.as_str()) => true,
+            Some(Marked::Run) | Some(Marked::Grid) if name == "diffs" && is_dir => only_json(&path),
+            // Stage checkpoints, runs of a grid, and the directories that group them (`full/`,
+            // `lr=1e-3/`, `post/`): hft's by the same rule, which names the first thing that
+            // is not.
+            _ if is_dir && depth < MAX_DEPTH => {
+                owned(&path, depth + 1)?;
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("holds {}, which hft did not write", shown(&path)));
+        }
+    }
+    Ok(())
+}
+
+/// How deep [`owned`] looks: grid / strategy / setting / seed / run / post / checkpoint is 6.
+const MAX_DEPTH: usize = 8;
+
+fn only_json(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|d| {
+        d.flatten().all(|e| {
+            e.file_type().is_ok_and(|t| t.is_file())
+                && e.file_name().to_string_lossy().ends_with(".json")
+        })
+    })
 }
 
 /// Text that opens an SVG hft writes (and that [`signed`] looks for).
@@ -303,6 +417,16 @@ fn temp_name(dest: &Path, tag: &str) -> Result<PathBuf> {
         .ok_or_else(|| Error::usage(format!("`{}` is not a file path", dest.display())))?
         .to_string_lossy()
         .into_owned();
+    // The temporary adds a dot and `.hft-tmp-PID`: a base name near the file system's limit
+    // (255 bytes) is cut to 200 bytes so that the temporary still fits.
+    let mut base = base;
+    if base.len() > 200 {
+        let mut cut = 200;
+        while !base.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        base.truncate(cut);
+    }
     let dir = parent(dest);
     reclaim_stale(&dir, &base);
     let p = dir.join(format!(".{base}{tag}{}", std::process::id()));
@@ -425,7 +549,18 @@ mod tests {
         assert!(check_existing(&dir, Kind::Dir, false).is_err());
         let e = check_existing(&dir, Kind::Dir, true).unwrap_err();
         assert!(e.to_string().contains(MARKER), "{e}");
-        mark(&dir, "hft test").unwrap();
+        // A marker alone does not make the user's notes hft's.
+        mark(&dir, "hft test", Marked::Run).unwrap();
+        let e = check_existing(&dir, Kind::Dir, true).unwrap_err();
+        assert!(
+            e.to_string().contains("notes.txt, which hft did not write"),
+            "{e}"
+        );
+        std::fs::write(dir.join(MARKER), "").unwrap();
+        assert!(check_existing(&dir, Kind::Dir, true).is_err());
+        std::fs::remove_file(dir.join("notes.txt")).unwrap();
+        std::fs::write(dir.join("run.json"), "{}").unwrap();
+        mark(&dir, "hft test", Marked::Run).unwrap();
         check_existing(&dir, Kind::Dir, true).unwrap();
         assert!(check_existing(&dir, Kind::File, true).is_err());
 

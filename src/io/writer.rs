@@ -57,7 +57,8 @@ pub fn parse_size(s: &str) -> Result<u64> {
             ))
         }
     };
-    let bytes = (value * mult).round();
+    let exact = value * mult;
+    let bytes = if exact < 1.0 { 0.0 } else { exact.round() };
     // A shard holds at least one byte and at most what a file system can (2^62 bytes).
     let max = (1u64 << 62) as f64;
     if !(bytes >= 1.0 && bytes <= max) {
@@ -134,6 +135,8 @@ pub struct CheckpointWriter {
     /// Output is a directory (else a single `.safetensors` file).
     is_dir: bool,
     force: bool,
+    /// The command line, for the directory's marker.
+    command: String,
     shards: Vec<ShardOut>,
     slots: Vec<Slot>,
     specs: Vec<TensorSpec>,
@@ -185,6 +188,11 @@ impl CheckpointWriter {
             tmp: tmp.clone(),
             is_dir,
             force: opts.force,
+            command: opts
+                .metadata
+                .get("hft_command")
+                .cloned()
+                .unwrap_or_default(),
             shards: Vec::new(),
             slots: vec![
                 Slot {
@@ -199,8 +207,6 @@ impl CheckpointWriter {
         };
         if is_dir {
             std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            let marker = opts.metadata.get("hft_command").map_or("", String::as_str);
-            output::mark(&tmp, marker)?;
         }
         let k = groups.len();
         for (si, group) in groups.iter().enumerate() {
@@ -331,8 +337,18 @@ impl CheckpointWriter {
         for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
             let entry = entry.map_err(|e| Error::io(from, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            // Links are followed (the Hugging Face cache links every file into blobs/).
-            let is_file = std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file());
+            // Links are followed (the Hugging Face cache links every file into blobs/). A
+            // side file that is a FIFO, a device or a dangling link is refused, not skipped.
+            let meta = std::fs::metadata(entry.path());
+            let is_file = meta.as_ref().is_ok_and(|m| m.is_file());
+            let is_dir = meta.as_ref().is_ok_and(|m| m.is_dir());
+            if !is_file && !is_dir && !name.starts_with('.') {
+                return Err(Error::input(
+                    entry.path(),
+                    "is not a regular file (a FIFO, device, socket or dangling link); a model \
+                     directory's files are copied beside the output",
+                ));
+            }
             let skip = !is_file
                 || name.starts_with('.')
                 || name == "README.md"
@@ -390,6 +406,10 @@ impl CheckpointWriter {
             let path = self.tmp.join(INDEX_NAME);
             let text = serde_json::to_string_pretty(&index).expect("JSON");
             std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+        }
+        if self.is_dir {
+            // The marker lists what this checkpoint holds: --force replaces nothing else.
+            output::mark(&self.tmp, &self.command, output::Marked::Checkpoint)?;
         }
         let empty_dir = self.dest.is_dir()
             && std::fs::read_dir(&self.dest).is_ok_and(|mut d| d.next().is_none());

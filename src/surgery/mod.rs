@@ -472,6 +472,12 @@ pub fn input_bytes(inputs: &[&Checkpoint]) -> u64 {
 /// names the weights in errors.
 pub fn normalize(weights: &[f64], field: &str) -> Result<Vec<f64>> {
     let sum: f64 = weights.iter().sum();
+    if !sum.is_finite() || weights.iter().any(|w| w.abs() > f32::MAX as f64) {
+        return Err(Error::field(
+            field,
+            "the weights are beyond f32's range, where hft computes; scale them down",
+        ));
+    }
     if sum.abs() < 1e-12 {
         return Err(Error::field(
             field,

@@ -51,9 +51,16 @@ pub(super) fn source(
                 .collect(),
         ) == want
     };
-    std::iter::once(primary)
+    // Among the inputs that fit, one with a config.json (transformers needs it) comes first.
+    let order: Vec<usize> = std::iter::once(primary)
         .chain((0..inputs.len()).filter(|&i| i != primary))
-        .find(|&i| has(i))
+        .filter(|&i| has(i))
+        .collect();
+    order
+        .iter()
+        .copied()
+        .find(|&i| inputs[i].config.is_some())
+        .or(order.first().copied())
         .ok_or_else(|| {
             Error::input(
                 &inputs[primary].source,
@@ -109,12 +116,29 @@ fn torch_name(d: crate::io::DType) -> &'static str {
     }
 }
 
-/// Sets `torch_dtype`, and `dtype` where a newer transformers wrote that key instead.
+/// Sets `torch_dtype` (and `dtype`, which newer transformers write and prefer) wherever the
+/// config has them, nested configs (`text_config`) included; a config with neither gets
+/// `torch_dtype`.
 fn set_dtype(cfg: &mut Value, name: &str) {
-    if let Some(m) = cfg.as_object_mut() {
-        let newer = m.contains_key("dtype") && !m.contains_key("torch_dtype");
-        let key = if newer { "dtype" } else { "torch_dtype" };
-        m.insert(key.into(), Value::String(name.into()));
+    fn walk(v: &mut Value, name: &str) -> bool {
+        let mut found = false;
+        if let Some(m) = v.as_object_mut() {
+            for key in ["torch_dtype", "dtype"] {
+                if m.get(key).is_some_and(Value::is_string) {
+                    m.insert(key.into(), Value::String(name.into()));
+                    found = true;
+                }
+            }
+            for child in m.values_mut() {
+                found |= walk(child, name);
+            }
+        }
+        found
+    }
+    if !walk(cfg, name) {
+        if let Some(m) = cfg.as_object_mut() {
+            m.insert("torch_dtype".into(), Value::String(name.into()));
+        }
     }
 }
 
@@ -162,5 +186,11 @@ mod tests {
         set_dtype(&mut new, "float16");
         assert_eq!(new["dtype"], "float16");
         assert!(new.get("torch_dtype").is_none());
+        let mut both = serde_json::json!({"dtype": "bfloat16", "torch_dtype": "bfloat16",
+                                          "text_config": {"torch_dtype": "bfloat16"}});
+        set_dtype(&mut both, "float32");
+        assert_eq!(both["dtype"], "float32");
+        assert_eq!(both["torch_dtype"], "float32");
+        assert_eq!(both["text_config"]["torch_dtype"], "float32");
     }
 }

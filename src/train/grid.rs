@@ -258,7 +258,7 @@ pub fn run_grid(cells: &[Cell], o: &GridOptions) -> Result<Vec<RunReport>> {
         }
     }
     std::fs::create_dir_all(o.output).map_err(|e| Error::io(o.output, e))?;
-    crate::io::output::mark(o.output, &o.command)?;
+    crate::io::output::mark(o.output, &o.command, crate::io::output::Marked::Grid)?;
     let donors = donors(cells);
     if !o.quiet {
         let trained: usize = donors
@@ -454,7 +454,7 @@ fn seed_shared(
         std::fs::remove_dir_all(to).map_err(|e| Error::io(to, e))?;
     }
     std::fs::create_dir_all(to).map_err(|e| Error::io(to, e))?;
-    crate::io::output::mark(to, "")?;
+    crate::io::output::mark(to, "", crate::io::output::Marked::Run)?;
     let mut r = first.clone();
     r.strategy = strategy.to_string();
     r.stages.truncate(n);

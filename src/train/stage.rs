@@ -71,12 +71,20 @@ pub fn train_stage(
         * steps as u128
         * st.accumulate as u128;
     if drawn > crate::train::recipe::MAX_DRAWN {
-        return Err(Error::usage(format!(
-            "stage `{}`: {steps} steps draw {drawn} examples, more than the {MAX_DRAWN} hft \
-             plans up front; train fewer epochs or steps",
-            spec.name,
-            MAX_DRAWN = crate::train::recipe::MAX_DRAWN
-        )));
+        // Named as the field that made the steps; the caller adds the recipe and the stage.
+        let field = if st.steps.is_some() {
+            "steps"
+        } else {
+            "epochs"
+        };
+        return Err(Error::field(
+            field,
+            format!(
+                "{steps} steps draw {drawn} examples, more than the {} hft plans up front; \
+                 train fewer",
+                crate::train::recipe::MAX_DRAWN
+            ),
+        ));
     }
     let vars = model.vars();
     let with_masks: Vec<_> = vars

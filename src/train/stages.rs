@@ -281,7 +281,7 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
             score_all(&model, &evals, tok.pad())?,
         );
         std::fs::create_dir_all(&opts.output).map_err(|e| Error::io(&opts.output, e))?;
-        crate::io::output::mark(&opts.output, &opts.command)?;
+        crate::io::output::mark(&opts.output, &opts.command, crate::io::output::Marked::Run)?;
         r.write(&state_path)?;
         r
     };
@@ -359,7 +359,8 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
             recipe.seed,
             opts.log,
             opts.sink.as_ref(),
-        )?;
+        )
+        .map_err(|e| e.in_file(recipe_path, &format!("stage `{}`: ", spec.name)))?;
         let dir = derive::stage_dir(i, &spec.name);
         let dest = opts.output.join(&dir);
         write_checkpoint(&t.model, &base, out_dtype, &plan, &dest, &opts.command)?;

@@ -178,7 +178,7 @@ impl Settings {
         range(
             "lr",
             r.lr,
-            f64::MIN_POSITIVE,
+            f32::MIN_POSITIVE as f64,
             lr_max,
             "a positive learning rate",
         )?;

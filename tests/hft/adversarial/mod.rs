@@ -10,7 +10,7 @@ use crate::common::*;
 use crate::surgery::{fxs, p};
 
 /// Runs hft and returns (exit code, stderr).
-fn code_err(args: &[&str]) -> (Option<i32>, String) {
+pub(super) fn code_err(args: &[&str]) -> (Option<i32>, String) {
     let res = hft(2).args(args).output().unwrap();
     (
         res.status.code(),
@@ -19,7 +19,7 @@ fn code_err(args: &[&str]) -> (Option<i32>, String) {
 }
 
 /// Asserts exit 2 and exactly one stderr line containing `needle`.
-fn bad(args: &[&str], needle: &str) -> String {
+pub(super) fn bad(args: &[&str], needle: &str) -> String {
     let (code, err) = code_err(args);
     assert_eq!(code, Some(2), "hft {}: {err}", args.join(" "));
     assert_eq!(err.lines().count(), 1, "not one line: {err}");
@@ -28,7 +28,7 @@ fn bad(args: &[&str], needle: &str) -> String {
 }
 
 /// A private copy of a fixture model, so that a bug cannot damage the committed files.
-fn copy_model(name: &str, to: &Path) -> PathBuf {
+pub(super) fn copy_model(name: &str, to: &Path) -> PathBuf {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(fixture(name)).unwrap() {
         let e = e.unwrap();
@@ -211,6 +211,24 @@ fn force_replaces_only_directories_hft_wrote() {
     assert!(out.join(".hft-output").is_file());
     bad(&["average", base, tuned, "-o", p(&out)], "--force");
     run_ok(hft(2), &["average", base, tuned, "-o", p(&out), "--force"]);
+    // A file the user added to hft's output: --force refuses, naming it, and keeps it.
+    std::fs::create_dir(out.join("eval")).unwrap();
+    std::fs::write(out.join("eval/results.json"), "{}").unwrap();
+    bad(
+        &["average", base, tuned, "-o", p(&out), "--force"],
+        "out/eval, which hft did not write",
+    );
+    assert!(out.join("eval/results.json").is_file());
+    // A marker alone (empty, or copied into someone's directory) is not hft's.
+    let fake = d.path().join("fake");
+    std::fs::create_dir(&fake).unwrap();
+    std::fs::write(fake.join("important.txt"), "data").unwrap();
+    std::fs::write(fake.join(".hft-output"), "").unwrap();
+    bad(
+        &["average", base, tuned, "-o", p(&fake), "--force"],
+        "no valid .hft-output",
+    );
+    assert!(fake.join("important.txt").is_file());
     // A single-file output: another safetensors file is not hft's.
     let single = d.path().join("w.safetensors");
     std::fs::copy(fixture("llama-base").join("model.safetensors"), &single).unwrap();
@@ -432,78 +450,7 @@ fn overflowing_numbers_are_refused_with_the_tensor_named() {
     assert!(!out.exists() && leftovers(d.path()).is_empty());
 }
 
-// ----------------------------------------------------------------------------------------------
-// 5. Errors: exit 2, one line, naming the file (and line), escaped.
-
-#[test]
-fn malformed_files_are_one_line_errors_with_exit_2() {
-    let d = tempfile::tempdir().unwrap();
-    let m = fxs("llama-base");
-    let f = |name: &str, bytes: &[u8]| {
-        let p = d.path().join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    };
-    let latin1 = f("plan.yaml", b"format: 1\nstrategy: caf\xe9\n");
-    bad(&["plan", m, "--check", p(&latin1)], "line 2: not UTF-8");
-    let yaml = f("broken.yaml", b"format: 1\nstrategy: [x\n");
-    let e = bad(&["plan", m, "--check", p(&yaml)], "broken.yaml: ");
-    assert!(e.contains("line "), "{e}");
-    bad(&["plan", m, "--check", p(d.path())], "is a directory");
-    let lp = d.path().join("loop");
-    std::os::unix::fs::symlink(&lp, &lp).unwrap();
-    bad(&["diff", p(&lp), m], "loop");
-    let long = d.path().join("x".repeat(300));
-    bad(&["diff", p(&long), m], "x");
-    // GGUF: magic and version each have their own message.
-    let g = f(
-        "v9.gguf",
-        b"GGUF\x09\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
-    );
-    if cfg!(feature = "train") {
-        bad(
-            &["import", p(&g), "-o", p(&d.path().join("imp"))],
-            "GGUF version 9",
-        );
-        let g = f("nope.gguf", b"GGML\x03\x00\x00\x00");
-        bad(
-            &["import", p(&g), "-o", p(&d.path().join("imp"))],
-            "bad magic",
-        );
-    }
-}
-
-/// A safetensors file whose header is written by hand.
-fn raw_safetensors(path: &Path, header: &str, data: usize) {
-    let mut b = (header.len() as u64).to_le_bytes().to_vec();
-    b.extend_from_slice(header.as_bytes());
-    b.extend(std::iter::repeat_n(0u8, data));
-    std::fs::write(path, b).unwrap();
-}
-
-#[test]
-fn hostile_tensor_names_are_refused_and_never_reach_the_terminal_raw() {
-    let d = tempfile::tempdir().unwrap();
-    let dup = d.path().join("dup.safetensors");
-    raw_safetensors(
-        &dup,
-        r#"{"a.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
-        4,
-    );
-    bad(&["diff", p(&dup), p(&dup)], "appears twice");
-    let ctl = d.path().join("ctl.safetensors");
-    raw_safetensors(
-        &ctl,
-        r#"{"a\u001b[31m.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
-        4,
-    );
-    let e = bad(&["diff", p(&ctl), p(&ctl)], "control characters");
-    assert!(!e.contains('\u{1b}'), "raw escape in: {e:?}");
-    // A file name with a control character is escaped in the message too.
-    let odd = d.path().join("odd\u{7}name");
-    let e = bad(&["diff", p(&odd), fxs("llama-base")], "odd");
-    assert!(!e.contains('\u{7}'), "{e:?}");
-}
+mod errors;
 
 // ----------------------------------------------------------------------------------------------
 // Training: run directories, recipe fields, validation before writing, resume, interruption.
