@@ -8,8 +8,11 @@ use clap::Args;
 use hft::defaults;
 use hft::error::Result;
 use hft::io::Checkpoint;
+use hft::progress::Level;
 use hft::progress::Sink;
+use hft::surgery::average::Linear;
 use hft::surgery::merge::{Method, Params};
+use hft::surgery::mergekit;
 
 use super::output::{execute, summary};
 use super::output::{numbers, OutputArgs};
@@ -25,17 +28,22 @@ use super::{choice, open};
     hft merge --method task-arithmetic --base base/ math/ code/ --lambda 0.8 -o out/\n  \
     hft merge --method ties --base base/ m1/ m2/ m3/ --density 0.2 -o out/\n  \
     hft merge --method dare --base base/ m1/ m2/ --drop 0.9 --seed 1 -o out/\n  \
-    hft merge --method select base/ tuned/ --probs 0.5,0.5 --seed 7 -o half/   # element half-reset")]
+    hft merge --method select base/ tuned/ --probs 0.5,0.5 --seed 7 -o half/   # element half-reset\n  \
+    hft merge --config mergekit.yml -o out/            # a mergekit config (docs/surgery.md)")]
 pub struct MergeArgs {
     /// The merge method.
-    #[arg(long, value_parser = choice::<Method>())]
-    pub method: Method,
+    #[arg(long, value_parser = choice::<Method>(), required_unless_present = "config")]
+    pub method: Option<Method>,
     /// The common base model the task vectors are taken from (not for select).
     #[arg(long, value_name = "BASE")]
     pub base: Option<PathBuf>,
     /// The models to merge.
-    #[arg(required = true, num_args = 1.., value_name = "MODEL")]
+    #[arg(required_unless_present = "config", num_args = 1.., value_name = "MODEL")]
     pub models: Vec<PathBuf>,
+    /// A mergekit config (merge_method linear, task_arithmetic, ties or dare_linear; models
+    /// with weight and density; base_model; dtype) instead of the method, models and values.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["method", "base", "models", "weights", "lambda", "density", "drop", "probs"])]
+    pub config: Option<PathBuf>,
     /// Comma-separated task-vector weights wᵢ, one per model (default: 1 each).
     #[arg(long, value_name = "W1,W2,..")]
     pub weights: Option<String>,
@@ -59,6 +67,10 @@ pub struct MergeArgs {
 }
 
 pub fn run(a: &MergeArgs, sink: &dyn Sink) -> Result<String> {
+    if let Some(c) = &a.config {
+        return from_config(a, c, sink);
+    }
+    let method = a.method.expect("clap requires --method without --config");
     let list = |s: &Option<String>, flag: &str| s.as_deref().map(|s| numbers(s, flag)).transpose();
     let params = Params {
         weights: list(&a.weights, "--weights")?,
@@ -68,7 +80,7 @@ pub fn run(a: &MergeArgs, sink: &dyn Sink) -> Result<String> {
         probs: list(&a.probs, "--probs")?,
         seed: a.seed,
     };
-    let merge = a.method.build(a.models.len(), a.base.is_some(), &params)?;
+    let merge = method.build(a.models.len(), a.base.is_some(), &params)?;
     let out = a.out.output()?;
     let base = a.base.as_ref().map(|p| open(p, sink)).transpose()?;
     let models = a
@@ -90,15 +102,15 @@ pub fn run(a: &MergeArgs, sink: &dyn Sink) -> Result<String> {
         // The values the method used, defaults filled in; those it ignores are left out.
         let n = a.models.len();
         let mut p = serde_json::json!({
-            "method": a.method.as_str(),
+            "method": method.as_str(),
             "base": a.base.as_ref().map(|b| b.display().to_string()),
         });
-        let with_base = !matches!(a.method, Method::Select);
+        let with_base = !matches!(method, Method::Select);
         if with_base {
             p["weights"] = serde_json::json!(params.weights.clone().unwrap_or(vec![1.0; n]));
             p["lambda"] = serde_json::json!(params.lambda.unwrap_or(defaults::LAMBDA));
         }
-        match a.method {
+        match method {
             Method::Ties => {
                 p["density"] = serde_json::json!(params.density.unwrap_or(defaults::DENSITY))
             }
@@ -109,9 +121,66 @@ pub fn run(a: &MergeArgs, sink: &dyn Sink) -> Result<String> {
             }
             _ => {}
         }
-        if matches!(a.method, Method::Dare | Method::Select) {
+        if matches!(method, Method::Dare | Method::Select) {
             p["seed"] = serde_json::json!(params.seed);
         }
+        summary("merge", &inputs, p, &outcome, &out)
+    } else {
+        String::new()
+    })
+}
+
+/// `hft merge --config mergekit.yml`: the config's models, method and values, hft's
+/// definitions (see `hft::surgery::mergekit`).
+fn from_config(a: &MergeArgs, path: &std::path::Path, sink: &dyn Sink) -> Result<String> {
+    let cfg = mergekit::read(path)?;
+    for n in &cfg.notes {
+        sink.say(Level::Note, &format!("{}: {n}", path.display()));
+    }
+    let mut out = a.out.output()?;
+    hft::io::output::check_inputs(&out.path, &[path])?;
+    if out.dtype.is_none() {
+        out.dtype = cfg.dtype;
+    }
+    let base = cfg.base.as_ref().map(|p| open(p, sink)).transpose()?;
+    let models = cfg
+        .models
+        .iter()
+        .map(|p| open(p, sink))
+        .collect::<Result<Vec<_>>>()?;
+    let (outcome, inputs, what) = match &cfg.job {
+        mergekit::Job::Linear { weights, normalize } => {
+            let linear = Linear::new(weights.clone(), *normalize)?;
+            let inputs: Vec<&Checkpoint> = models.iter().collect();
+            let o = execute(&inputs, 0, &linear, &out, "merge", sink)?;
+            let p =
+                serde_json::json!({"method": "linear", "weights": weights, "normalize": normalize});
+            (o, inputs, p)
+        }
+        mergekit::Job::Merge { method, params } => {
+            let merge = method.build(models.len(), true, params)?;
+            let inputs: Vec<&Checkpoint> = base.iter().chain(models.iter()).collect();
+            let o = execute(
+                &inputs,
+                merge.primary,
+                merge.combine.as_ref(),
+                &out,
+                "merge",
+                sink,
+            )?;
+            let p = serde_json::json!({
+                "method": method.as_str(),
+                "weights": params.weights,
+                "lambda": params.lambda.unwrap_or(defaults::LAMBDA),
+                "density": params.density,
+                "drop": params.drop,
+            });
+            (o, inputs, p)
+        }
+    };
+    Ok(if a.out.json() {
+        let mut p = what;
+        p["config"] = serde_json::json!(path.display().to_string());
         summary("merge", &inputs, p, &outcome, &out)
     } else {
         String::new()

@@ -174,6 +174,14 @@ pub struct AverageConfig {
 
 impl AverageConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let is_mergekit = serde_saphyr::from_str::<serde_json::Value>(text)
+            .is_ok_and(|v| v.get("merge_method").is_some());
+        if is_mergekit {
+            return Err(Error::input(
+                path,
+                "is a mergekit config (it has `merge_method`); `hft merge` reads it with option `config`",
+            ));
+        }
         serde_saphyr::from_str(text).map_err(|e| Error::yaml(path, "", &e))
     }
 

@@ -15,6 +15,7 @@
 
 pub mod average;
 pub mod merge;
+pub mod mergekit;
 mod radix;
 pub mod reset;
 mod side;

@@ -16,6 +16,7 @@ mod exports;
 mod fuzz;
 #[cfg(feature = "train")]
 mod import;
+mod mergekit;
 mod outputs;
 mod plan;
 #[cfg(feature = "train")]
