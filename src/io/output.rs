@@ -183,6 +183,8 @@ const RUN_FILES: &[&str] = &[
     "report.md",
     "loss.svg",
     "learn-forget.svg",
+    "learn-forget-prior-em.svg",
+    "learn-forget-prior-loss.svg",
     "heatmap.svg",
 ];
 

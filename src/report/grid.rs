@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::error::Result;
 use crate::progress::Sink;
 use crate::report::plot::{self, CurvePoint, Curves, Heatmap, Series};
-use crate::train::grid_metrics::{GridReport, Stat};
+use crate::train::grid_metrics::{GridReport, MatchedRow, Stat};
 
 fn show(s: Option<Stat>, digits: usize) -> String {
     match s.map(|s| Stat {
@@ -60,20 +60,27 @@ pub fn markdown(g: &GridReport) -> String {
             "| learned (EM) | {} |",
             g.strategies
                 .iter()
-                .map(|s| format!("{s}: forgot (EM) | {s}: old-task loss rise"))
+                .map(|s| {
+                    format!(
+                        "{s}: forgot (EM) | {s}: old-task loss rise | {s}: prior lost (EM) | \
+                         {s}: prior loss rise"
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
-        let _ = writeln!(m, "|---:|{}", "---:|".repeat(2 * g.strategies.len()));
+        let _ = writeln!(m, "|---:|{}", "---:|".repeat(4 * g.strategies.len()));
         for x in &g.matched {
             let cells: Vec<String> = x
                 .rows
                 .iter()
                 .map(|r| {
                     format!(
-                        "{} | {}",
+                        "{} | {} | {} | {}",
                         show(r.forgot, 3) + &outside(r.seeds_outside),
-                        show(r.loss_rise, 3)
+                        show(r.loss_rise, 3),
+                        show(r.prior_em_lost, 3),
+                        show(r.prior_loss_rise, 3)
                     )
                 })
                 .collect();
@@ -84,9 +91,12 @@ pub fn markdown(g: &GridReport) -> String {
     let _ = writeln!(m, "## Every setting\n");
     let _ = writeln!(
         m,
-        "| strategy | setting | learned (EM) | forgot (−BWT, EM) | OP (EM) | old-task loss rise | text loss | trainable | s/step | optimizer MiB | peak RSS MiB |"
+        "| strategy | setting | learned (EM) | forgot (−BWT, EM) | OP (EM) | old-task loss rise | prior lost (EM) | prior loss rise | text loss | trainable | s/step | optimizer MiB | peak RSS MiB |"
     );
-    let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        m,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for c in &g.cells {
         // Step time against full fine-tuning at the same setting.
         let base_step = g
@@ -102,13 +112,15 @@ pub fn markdown(g: &GridReport) -> String {
         };
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}{} | {} | {:.0} |",
             c.strategy,
             c.setting.as_ref().map_or("recipe".into(), |s| s.label()),
             show(c.learned, 3),
             show(c.forgot, 3),
             show(c.op, 3),
             show(c.loss_rise, 3),
+            show(c.prior_em_lost, 3),
+            show(c.prior_loss_rise, 3),
             show(c.text_loss, 3),
             c.trainable
                 .map_or("–".into(), |f| format!("{:.1}%", 100.0 * f)),
@@ -123,8 +135,12 @@ pub fn markdown(g: &GridReport) -> String {
         "\nlearned = mean exact match R[i][i] of the tasks the strategy trained, right after \
          their stage; forgot = −BWT = mean over earlier tasks of (right after learning − after \
          the last stage); OP = mean exact match over tasks after the last stage; old-task loss \
-         rise = BWT of the completion loss (nats, positive: forgotten); text loss = final loss \
-         on the eval sets without exact match. s/step and optimizer memory are over the \
+         rise = BWT of the completion loss (nats, positive: forgotten); prior lost and prior \
+         loss rise = what the model knew before the first stage and lost by the last, over the \
+         eval sets no stage trains (retention sets, plain text): exact match before − after, \
+         and loss after − before (nats per token, minus the change of the answer's \
+         log-probability on a retention set), both positive when forgotten; text loss = final \
+         loss on the eval sets without exact match. s/step and optimizer memory are over the \
          stages the strategy trained. Each run's own report.md (under its directory) has the \
          full R matrices.\n"
     );
@@ -157,18 +173,23 @@ pub fn markdown(g: &GridReport) -> String {
         m.push('\n');
     }
     let _ = writeln!(m, "## Runs\n");
-    let _ = writeln!(m, "| run | learned | forgot | OP | loss rise | text loss |");
-    let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        m,
+        "| run | learned | forgot | OP | loss rise | prior lost | prior loss rise | text loss |"
+    );
+    let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.3}"));
     for p in &g.runs {
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             p.dir,
             f(p.learned),
             f(p.forgot),
             f(p.op),
             f(p.loss_rise),
+            f(p.prior_em_lost),
+            f(p.prior_loss_rise),
             f(p.text_loss)
         );
     }
@@ -234,11 +255,38 @@ pub fn words(g: &GridReport) -> Vec<String> {
             x.level,
             parts.join(", ")
         );
-        if let Some(first) = x.rows.first().and_then(|r| r.forgot.map(|f| (r, f))) {
+        // BWT first, then what the model knew before the first stage (exact match lost, loss
+        // rise), each compared with the first strategy.
+        type Get = dyn Fn(&MatchedRow) -> Option<Stat>;
+        let measures: [(&str, &str, &Get); 3] = [
+            ("", "forgot", &|r| r.forgot),
+            (
+                "prior knowledge lost (exact match)",
+                "forgot of what it knew before (exact match)",
+                &|r| r.prior_em_lost,
+            ),
+            (
+                "prior knowledge loss rise (nats)",
+                "forgot of what it knew before (loss rise)",
+                &|r| r.prior_loss_rise,
+            ),
+        ];
+        for (label, what, get) in measures {
+            let Some((first, f0)) = x.rows.first().and_then(|r| get(r).map(|f| (r, f))) else {
+                continue;
+            };
+            if !label.is_empty() {
+                let vals: Vec<String> = x
+                    .rows
+                    .iter()
+                    .map(|r| format!("{} {}", r.strategy, show(get(r), 3)))
+                    .collect();
+                s.push_str(&format!(" {}: {}.", capital(label), vals.join(", ")));
+            }
             for r in x.rows.iter().skip(1) {
-                if let Some(f) = r.forgot {
+                if let Some(f) = get(r) {
                     s.push(' ');
-                    s.push_str(&contrast(&first.0.strategy, first.1, &r.strategy, f));
+                    s.push_str(&contrast(what, &first.strategy, f0, &r.strategy, f));
                 }
             }
         }
@@ -250,7 +298,7 @@ pub fn words(g: &GridReport) -> Vec<String> {
 /// The learn-versus-forget plot: one curve per strategy through its settings (in sweep
 /// order), error bars of one standard deviation over seeds on both axes, and dashed lines
 /// at the levels of the matched view.
-pub fn curves(g: &GridReport) -> Curves {
+pub fn curves(g: &GridReport, y: Forgetting) -> Curves {
     let series = g
         .strategies
         .iter()
@@ -262,7 +310,12 @@ pub fn curves(g: &GridReport) -> Curves {
                     .iter()
                     .filter(|c| &c.strategy == s)
                     .filter_map(|c| {
-                        let (l, f) = (c.learned?, c.forgot?);
+                        let f = match y {
+                            Forgetting::Bwt => c.forgot,
+                            Forgetting::PriorEm => c.prior_em_lost,
+                            Forgetting::PriorLoss => c.prior_loss_rise,
+                        };
+                        let (l, f) = (c.learned?, f?);
                         Some((
                             c.setting.as_ref().map_or(0.0, |x| x.value),
                             CurvePoint {
@@ -289,14 +342,31 @@ pub fn curves(g: &GridReport) -> Curves {
             seeds_phrase(g)
         ),
         x_label: "learned: mean R[i][i] of the tasks trained (exact match)".into(),
-        y_label: "forgot: −BWT (exact match)".into(),
+        y_label: match y {
+            Forgetting::Bwt => "forgot: −BWT (exact match)",
+            Forgetting::PriorEm => "prior knowledge lost (exact match before − after)",
+            Forgetting::PriorLoss => "prior knowledge: loss rise (nats per token)",
+        }
+        .into(),
         series,
         vlines: g.matched.iter().map(|m| m.level).collect(),
     }
 }
 
-/// Writes report.md, report.json, learn-forget.svg and heatmap.svg into `dir`, and the
-/// plot again to `plot` when given (.svg or .png).
+/// The forgetting measure on a learn-versus-forget plot's y axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forgetting {
+    /// −BWT of exact match over the trained tasks.
+    Bwt,
+    /// Exact match lost on the eval sets no stage trains.
+    PriorEm,
+    /// Loss rise on the eval sets no stage trains.
+    PriorLoss,
+}
+
+/// Writes report.md, report.json, learn-forget.svg (and, where the recipe has eval sets no
+/// stage trains, learn-forget-prior-em.svg and learn-forget-prior-loss.svg) and heatmap.svg
+/// into `dir`, and the BWT plot again to `plot` when given (.svg or .png).
 pub fn write(g: &GridReport, dir: &Path, plot_to: Option<&Path>, sink: &dyn Sink) -> Result<()> {
     use crate::io::atomic::write_file;
     write_file(
@@ -304,10 +374,27 @@ pub fn write(g: &GridReport, dir: &Path, plot_to: Option<&Path>, sink: &dyn Sink
         (serde_json::to_string_pretty(g).expect("serialises") + "\n").as_bytes(),
     )?;
     write_file(&dir.join("report.md"), markdown(g).as_bytes())?;
-    let svg = plot::curves_svg(&curves(g))?;
+    let svg = plot::curves_svg(&curves(g, Forgetting::Bwt))?;
     plot::write_plot(&svg, &dir.join("learn-forget.svg"), sink)?;
     if let Some(p) = plot_to {
         plot::write_plot(&svg, p, sink)?;
+    }
+    for (y, has, file) in [
+        (
+            Forgetting::PriorEm,
+            g.cells.iter().any(|c| c.prior_em_lost.is_some()),
+            "learn-forget-prior-em.svg",
+        ),
+        (
+            Forgetting::PriorLoss,
+            g.cells.iter().any(|c| c.prior_loss_rise.is_some()),
+            "learn-forget-prior-loss.svg",
+        ),
+    ] {
+        if has {
+            let svg = plot::curves_svg(&curves(g, y))?;
+            plot::write_plot(&svg, &dir.join(file), sink)?;
+        }
     }
     if let Some(h) = &g.heat {
         let h = Heatmap {
@@ -322,6 +409,13 @@ pub fn write(g: &GridReport, dir: &Path, plot_to: Option<&Path>, sink: &dyn Sink
     Ok(())
 }
 
+fn capital(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map_or(String::new(), |f| {
+        f.to_uppercase().collect::<String>() + c.as_str()
+    })
+}
+
 fn outside(n: usize) -> String {
     if n > 0 {
         format!(" ({n} out)")
@@ -330,17 +424,25 @@ fn outside(n: usize) -> String {
     }
 }
 
-/// One sentence comparing `b` with `a`: the difference and whether the seeds separate it.
-fn contrast(a: &str, fa: Stat, b: &str, fb: Stat) -> String {
+/// One sentence comparing `b` with `a` on one forgetting measure (`what`, a verb phrase):
+/// the difference and whether the seeds separate it (twice the standard error of the
+/// difference, from each side's standard error over seeds).
+fn contrast(what: &str, a: &str, fa: Stat, b: &str, fb: Stat) -> String {
     let d = fb.mean - fa.mean;
     let (more, by) = if d < 0.0 { ("less", -d) } else { ("more", d) };
+    let (verb, tail) = what.split_once(' ').unwrap_or((what, ""));
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!(" {tail}")
+    };
     match (fa.se(), fb.se()) {
         (Some(sa), Some(sb)) => {
             let se = (sa * sa + sb * sb).sqrt();
             if by > 2.0 * se {
                 format!(
-                    "{b} forgot {more} than {a} by {by:.3}, more than twice the standard error of \
-                     the difference ({se:.3})."
+                    "{b} {verb} {more}{tail} than {a} by {by:.3}, more than twice the standard \
+                     error of the difference ({se:.3})."
                 )
             } else {
                 format!(
@@ -353,5 +455,44 @@ fn contrast(a: &str, fa: Stat, b: &str, fb: Stat) -> String {
             "With one seed there is no estimate of the spread, so the difference between {b} and \
              {a} ({d:+.3}) is not evidence either way: run with --seeds."
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contrasts_say_the_measure_and_whether_the_seeds_separate_it() {
+        let s = |mean: f64| Stat {
+            mean,
+            sd: Some(0.05),
+            n: 4,
+        };
+        let bwt = contrast("forgot", "full", s(0.5), "category", s(0.3));
+        assert!(
+            bwt.starts_with("category forgot less than full by 0.200, more than twice"),
+            "{bwt}"
+        );
+        let prior = contrast(
+            "forgot of what it knew before (exact match)",
+            "full",
+            s(0.10),
+            "category",
+            s(0.12),
+        );
+        assert!(prior.contains("within twice its standard error"), "{prior}");
+        let prior = contrast(
+            "forgot of what it knew before (exact match)",
+            "full",
+            s(0.4),
+            "category",
+            s(0.1),
+        );
+        assert!(
+            prior
+                .starts_with("category forgot less of what it knew before (exact match) than full"),
+            "{prior}"
+        );
     }
 }

@@ -70,6 +70,35 @@ pub fn markdown(r: &RunReport) -> String {
         m,
         "\nBWT of the loss is the rise of earlier tasks' completion loss (positive: forgotten).\n"
     );
+    let prior = &r.metrics.prior;
+    if !prior.sets.is_empty() {
+        let _ = writeln!(
+            m,
+            "## Prior knowledge (eval sets no stage trains, before the first stage and after the last)\n"
+        );
+        let _ = writeln!(m, "| eval set | EM before | EM after | lost (EM) | loss before | loss after | loss rise |");
+        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|");
+        for (n, s) in &prior.sets {
+            let lost = s.before_em.zip(s.after_em).map(|(b, a)| b - a);
+            let _ = writeln!(
+                m,
+                "| {n} | {} | {} | {} | {:.3} | {:.3} | {:.3} |",
+                fmt(s.before_em, 3),
+                fmt(s.after_em, 3),
+                fmt(lost, 3),
+                s.before_loss,
+                s.after_loss,
+                s.after_loss - s.before_loss
+            );
+        }
+        let _ = writeln!(
+            m,
+            "| mean | | | {} | | | {} |\n\nPositive is forgotten; on a retention set the loss \
+             rise is minus the change of the answer's mean log-probability per token.\n",
+            fmt(prior.em_lost, 3),
+            fmt(prior.loss_rise, 3)
+        );
+    }
     let _ = writeln!(m, "## Stages\n");
     let _ = writeln!(m, "| stage | plan | trainable | steps | s/step | tokens/s | optimizer MiB | peak RSS MiB | change ‖Δ‖/‖W‖ | final train loss |");
     let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");

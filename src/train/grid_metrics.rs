@@ -14,35 +14,8 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::train::grid::{Cell, Setting};
+pub use crate::train::grid_stats::{interpolate, Stat};
 use crate::train::metrics::{learned, mean, RunReport};
-
-/// Mean, sample standard deviation (n − 1; absent for one value) and count.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
-pub struct Stat {
-    pub mean: f64,
-    pub sd: Option<f64>,
-    pub n: usize,
-}
-
-impl Stat {
-    pub fn of(v: &[f64]) -> Option<Stat> {
-        let v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-        let m = mean(&v)?;
-        let sd = (v.len() > 1).then(|| {
-            (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
-        });
-        Some(Stat {
-            mean: m,
-            sd,
-            n: v.len(),
-        })
-    }
-
-    /// Standard error of the mean (None below two values).
-    pub fn se(&self) -> Option<f64> {
-        self.sd.map(|sd| sd / (self.n as f64).sqrt())
-    }
-}
 
 /// What one run measured, reduced to the figures a comparison needs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -65,6 +38,13 @@ pub struct RunPoint {
     pub loss_rise: Option<f64>,
     /// Final loss on the eval sets without exact match (the general text), averaged.
     pub text_loss: Option<f64>,
+    /// Prior knowledge lost: exact match before the first stage minus after the last, over
+    /// the eval sets no stage trains (see [`crate::train::metrics::Prior`]).
+    #[serde(default)]
+    pub prior_em_lost: Option<f64>,
+    /// Prior knowledge lost: the rise of those sets' loss (nats per token).
+    #[serde(default)]
+    pub prior_loss_rise: Option<f64>,
     pub step_seconds: Option<f64>,
     pub trainable: Option<f64>,
     pub optimizer_mib: Option<f64>,
@@ -101,6 +81,8 @@ impl RunPoint {
             bwt: r.metrics.exact_match.bwt,
             loss_rise: r.metrics.loss.bwt,
             text_loss: mean(&text),
+            prior_em_lost: r.metrics.prior.em_lost,
+            prior_loss_rise: r.metrics.prior.loss_rise,
             step_seconds: r.strategy_step_seconds(),
             trainable: mean(&own.iter().map(|s| s.plan.fraction).collect::<Vec<_>>()),
             optimizer_mib: own
@@ -127,6 +109,10 @@ pub struct CellSummary {
     pub bwt: Option<Stat>,
     pub loss_rise: Option<Stat>,
     pub text_loss: Option<Stat>,
+    #[serde(default)]
+    pub prior_em_lost: Option<Stat>,
+    #[serde(default)]
+    pub prior_loss_rise: Option<Stat>,
     pub step_seconds: Option<Stat>,
     pub trainable: Option<f64>,
     pub optimizer_mib: Option<f64>,
@@ -146,41 +132,13 @@ pub struct MatchedRow {
     /// Over the seeds whose sweep reaches the level.
     pub forgot: Option<Stat>,
     pub loss_rise: Option<Stat>,
+    /// Prior knowledge lost at this level of learning (exact match, loss rise).
+    #[serde(default)]
+    pub prior_em_lost: Option<Stat>,
+    #[serde(default)]
+    pub prior_loss_rise: Option<Stat>,
     /// Seeds whose learning never reaches the level (no extrapolation).
     pub seeds_outside: usize,
-}
-
-/// Piecewise-linear interpolation of y at `x` through points sorted by x (points with equal x
-/// are averaged first); None outside the points' range: the curve is not extrapolated.
-pub fn interpolate(points: &[(f64, f64)], x: f64) -> Option<f64> {
-    let mut p: Vec<(f64, f64)> = points
-        .iter()
-        .copied()
-        .filter(|(a, b)| a.is_finite() && b.is_finite())
-        .collect();
-    p.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut merged: Vec<(f64, f64, usize)> = Vec::new();
-    for (a, b) in p {
-        match merged.last_mut() {
-            Some(m) if m.0 == a => {
-                m.1 += b;
-                m.2 += 1;
-            }
-            _ => merged.push((a, b, 1)),
-        }
-    }
-    let pts: Vec<(f64, f64)> = merged.iter().map(|m| (m.0, m.1 / m.2 as f64)).collect();
-    let (first, last) = (pts.first()?, pts.last()?);
-    if x < first.0 || x > last.0 {
-        return None;
-    }
-    for w in pts.windows(2) {
-        let ((x0, y0), (x1, y1)) = (w[0], w[1]);
-        if x >= x0 && x <= x1 {
-            return Some(y0 + (y1 - y0) * (x - x0) / (x1 - x0));
-        }
-    }
-    Some(first.1)
 }
 
 /// The levels of learning to compare at: the quartiles of the range every strategy's mean
@@ -314,6 +272,8 @@ impl GridReport {
                     bwt: st(&|p| p.bwt),
                     loss_rise: st(&|p| p.loss_rise),
                     text_loss: st(&|p| p.text_loss),
+                    prior_em_lost: st(&|p| p.prior_em_lost),
+                    prior_loss_rise: st(&|p| p.prior_loss_rise),
                     step_seconds: st(&|p| p.step_seconds),
                     trainable: mine.iter().find_map(|p| p.trainable),
                     optimizer_mib: mine.iter().find_map(|p| p.optimizer_mib),
@@ -363,6 +323,7 @@ fn matched_at(
         .map(|s| {
             let mut forgot = Vec::new();
             let mut rise = Vec::new();
+            let (mut prior_em, mut prior_loss) = (Vec::new(), Vec::new());
             let mut outside = 0;
             for seed in seeds {
                 let mine: Vec<&RunPoint> = runs
@@ -381,11 +342,19 @@ fn matched_at(
                 if let Some(v) = interpolate(&pts(&|p| p.loss_rise), level) {
                     rise.push(v);
                 }
+                if let Some(v) = interpolate(&pts(&|p| p.prior_em_lost), level) {
+                    prior_em.push(v);
+                }
+                if let Some(v) = interpolate(&pts(&|p| p.prior_loss_rise), level) {
+                    prior_loss.push(v);
+                }
             }
             MatchedRow {
                 strategy: s.clone(),
                 forgot: Stat::of(&forgot),
                 loss_rise: Stat::of(&rise),
+                prior_em_lost: Stat::of(&prior_em),
+                prior_loss_rise: Stat::of(&prior_loss),
                 seeds_outside: outside,
             }
         })
@@ -506,6 +475,8 @@ mod tests {
             bwt: Some(-forgot),
             loss_rise: Some(forgot * 10.0),
             text_loss: None,
+            prior_em_lost: Some(forgot / 2.0),
+            prior_loss_rise: None,
             step_seconds: None,
             trainable: None,
             optimizer_mib: None,
@@ -542,6 +513,9 @@ mod tests {
             "{cat:?}"
         );
         assert!((m.rows[1].loss_rise.unwrap().mean - 5.0).abs() < 1e-9);
+        // Prior knowledge is read at equal learning the same way (here half of `forgot`).
+        assert!((m.rows[0].prior_em_lost.unwrap().mean - 0.275).abs() < 1e-12);
+        assert_eq!(m.rows[0].prior_loss_rise, None);
         // Level 0.9 is past category's range in both seeds: no extrapolation.
         let m = matched_at(&runs, &strategies, &seeds, 0.9);
         assert_eq!(m.rows[1].forgot, None);

@@ -126,6 +126,70 @@ pub struct Metrics {
     pub loss: Summary,
     /// The same figures with each post-hoc baseline as the final row.
     pub post: IndexMap<String, (Summary, Summary)>,
+    /// What the model knew before the first stage and lost by the last.
+    #[serde(default)]
+    pub prior: Prior,
+}
+
+/// Forgetting of prior knowledge: the eval sets no stage trains (retention sets, plain text),
+/// read after the last stage against the scores before the first. BWT cannot see this loss,
+/// because it only compares tasks with themselves after they were trained.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Prior {
+    /// Mean over those sets with exact match of (before − after): positive means lost.
+    pub em_lost: Option<f64>,
+    /// Mean over those sets of (loss after − loss before), nats per scored token: positive
+    /// means forgotten. On a retention set it is minus the change of the answer's mean
+    /// log-probability per token.
+    pub loss_rise: Option<f64>,
+    pub sets: IndexMap<String, PriorSet>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PriorSet {
+    pub before_em: Option<f64>,
+    pub after_em: Option<f64>,
+    pub before_loss: f64,
+    pub after_loss: f64,
+}
+
+impl Prior {
+    /// Over the sets of `before` that no stage names as its task, `after` the final scores.
+    pub fn of(
+        before: &IndexMap<String, Score>,
+        after: &IndexMap<String, Score>,
+        tasks: &[String],
+    ) -> Prior {
+        let sets: IndexMap<String, PriorSet> = before
+            .iter()
+            .filter(|(n, _)| !tasks.contains(n))
+            .filter_map(|(n, b)| {
+                let a = after.get(n)?;
+                Some((
+                    n.clone(),
+                    PriorSet {
+                        before_em: b.exact_match,
+                        after_em: a.exact_match,
+                        before_loss: b.loss,
+                        after_loss: a.loss,
+                    },
+                ))
+            })
+            .collect();
+        let lost: Vec<f64> = sets
+            .values()
+            .filter_map(|s| Some(s.before_em? - s.after_em?))
+            .collect();
+        let rise: Vec<f64> = sets
+            .values()
+            .map(|s| s.after_loss - s.before_loss)
+            .collect();
+        Prior {
+            em_lost: mean(&lost),
+            loss_rise: mean(&rise),
+            sets,
+        }
+    }
 }
 
 /// The `schema` of a run's `run.json` and `report.json`.
@@ -219,6 +283,8 @@ impl RunReport {
             return;
         };
         let last = last.scores.clone();
+        let tasks: Vec<String> = self.tasks().into_iter().map(|(t, _)| t).collect();
+        self.metrics.prior = Prior::of(&self.before, &last, &tasks);
         self.metrics.exact_match = self.summary(&last, true);
         self.metrics.loss = self.summary(&last, false);
         self.metrics.post = self

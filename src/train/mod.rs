@@ -15,6 +15,7 @@ pub mod derive;
 pub mod eval;
 pub mod grid;
 pub mod grid_metrics;
+pub mod grid_stats;
 pub mod logits;
 pub mod metrics;
 pub mod model;

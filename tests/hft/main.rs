@@ -20,5 +20,7 @@ mod mergekit;
 mod outputs;
 mod plan;
 #[cfg(feature = "train")]
+mod prior;
+#[cfg(feature = "train")]
 mod run;
 mod surgery;
