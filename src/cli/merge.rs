@@ -90,41 +90,55 @@ pub fn run(a: &MergeArgs, sink: &dyn Sink) -> Result<String> {
         .collect::<Result<Vec<_>>>()?;
     let inputs: Vec<&Checkpoint> = base.iter().chain(models.iter()).collect();
     debug_assert_eq!(merge.with_base, base.is_some());
-    let outcome = execute(
+    let mut p = used(method, &params, a.models.len());
+    p["base"] = serde_json::json!(a.base.as_ref().map(|b| b.display().to_string()));
+    write(
+        a,
         &inputs,
         merge.primary,
         merge.combine.as_ref(),
         &out,
-        "merge",
+        p,
         sink,
-    )?;
+    )
+}
+
+/// The values `method` used, defaults filled in; those it ignores are left out.
+fn used(method: Method, params: &Params, n: usize) -> serde_json::Value {
+    let mut p = serde_json::json!({ "method": method.as_str() });
+    if !matches!(method, Method::Select) {
+        p["weights"] = serde_json::json!(params.weights.clone().unwrap_or(vec![1.0; n]));
+        p["lambda"] = serde_json::json!(params.lambda.unwrap_or(defaults::LAMBDA));
+    }
+    match method {
+        Method::Ties => {
+            p["density"] = serde_json::json!(params.density.unwrap_or(defaults::DENSITY))
+        }
+        Method::Dare => p["drop"] = serde_json::json!(params.drop.unwrap_or(defaults::DROP)),
+        Method::Select => {
+            p["probs"] = serde_json::json!(params.probs.clone().unwrap_or(vec![1.0 / n as f64; n]))
+        }
+        _ => {}
+    }
+    if matches!(method, Method::Dare | Method::Select) {
+        p["seed"] = serde_json::json!(params.seed);
+    }
+    p
+}
+
+/// Runs the merge and, with `--format json`, returns its summary with `params`.
+fn write(
+    a: &MergeArgs,
+    inputs: &[&Checkpoint],
+    primary: usize,
+    combine: &dyn hft::surgery::Combine,
+    out: &hft::surgery::Output,
+    params: serde_json::Value,
+    sink: &dyn Sink,
+) -> Result<String> {
+    let outcome = execute(inputs, primary, combine, out, "merge", sink)?;
     Ok(if a.out.json() {
-        // The values the method used, defaults filled in; those it ignores are left out.
-        let n = a.models.len();
-        let mut p = serde_json::json!({
-            "method": method.as_str(),
-            "base": a.base.as_ref().map(|b| b.display().to_string()),
-        });
-        let with_base = !matches!(method, Method::Select);
-        if with_base {
-            p["weights"] = serde_json::json!(params.weights.clone().unwrap_or(vec![1.0; n]));
-            p["lambda"] = serde_json::json!(params.lambda.unwrap_or(defaults::LAMBDA));
-        }
-        match method {
-            Method::Ties => {
-                p["density"] = serde_json::json!(params.density.unwrap_or(defaults::DENSITY))
-            }
-            Method::Dare => p["drop"] = serde_json::json!(params.drop.unwrap_or(defaults::DROP)),
-            Method::Select => {
-                p["probs"] =
-                    serde_json::json!(params.probs.clone().unwrap_or(vec![1.0 / n as f64; n]))
-            }
-            _ => {}
-        }
-        if matches!(method, Method::Dare | Method::Select) {
-            p["seed"] = serde_json::json!(params.seed);
-        }
-        summary("merge", &inputs, p, &outcome, &out)
+        summary("merge", inputs, params, &outcome, out)
     } else {
         String::new()
     })
@@ -148,41 +162,29 @@ fn from_config(a: &MergeArgs, path: &std::path::Path, sink: &dyn Sink) -> Result
         .iter()
         .map(|p| open(p, sink))
         .collect::<Result<Vec<_>>>()?;
-    let (outcome, inputs, what) = match &cfg.job {
+    let config = serde_json::json!(path.display().to_string());
+    match &cfg.job {
         mergekit::Job::Linear { weights, normalize } => {
             let linear = Linear::new(weights.clone(), *normalize)?;
             let inputs: Vec<&Checkpoint> = models.iter().collect();
-            let o = execute(&inputs, 0, &linear, &out, "merge", sink)?;
-            let p =
-                serde_json::json!({"method": "linear", "weights": weights, "normalize": normalize});
-            (o, inputs, p)
+            let p = serde_json::json!({"method": "linear", "weights": weights,
+                                       "normalize": normalize, "config": config});
+            write(a, &inputs, 0, &linear, &out, p, sink)
         }
         mergekit::Job::Merge { method, params } => {
             let merge = method.build(models.len(), true, params)?;
             let inputs: Vec<&Checkpoint> = base.iter().chain(models.iter()).collect();
-            let o = execute(
+            let mut p = used(*method, params, models.len());
+            p["config"] = config;
+            write(
+                a,
                 &inputs,
                 merge.primary,
                 merge.combine.as_ref(),
                 &out,
-                "merge",
+                p,
                 sink,
-            )?;
-            let p = serde_json::json!({
-                "method": method.as_str(),
-                "weights": params.weights,
-                "lambda": params.lambda.unwrap_or(defaults::LAMBDA),
-                "density": params.density,
-                "drop": params.drop,
-            });
-            (o, inputs, p)
+            )
         }
-    };
-    Ok(if a.out.json() {
-        let mut p = what;
-        p["config"] = serde_json::json!(path.display().to_string());
-        summary("merge", &inputs, p, &outcome, &out)
-    } else {
-        String::new()
-    })
+    }
 }

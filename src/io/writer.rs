@@ -449,12 +449,7 @@ impl Drop for CheckpointWriter {
 }
 
 fn remove_path(p: &Path) -> Result<()> {
-    let r = if p.is_dir() {
-        std::fs::remove_dir_all(p)
-    } else {
-        std::fs::remove_file(p)
-    };
-    r.map_err(|e| Error::io(p, e))
+    output::remove(p).map_err(|e| Error::io(p, e))
 }
 
 /// Refuses an output that is, lies inside or contains an input checkpoint (its directory, its

@@ -396,11 +396,40 @@ pub fn validate(
     combine: &dyn Combine,
     out: &Output,
 ) -> Result<()> {
+    prepare(inputs, primary, combine, out).map(|_| ())
+}
+
+/// What [`validate`] checks and [`run`] then uses.
+struct Prepared<'a> {
+    jobs: Vec<Job<'a>>,
+    specs: Vec<TensorSpec>,
+    layout: Layout,
+    /// The input the side files (config, tokenizer) come from.
+    side: usize,
+}
+
+/// Checks the output path against the inputs and lays out every output tensor: each check
+/// that can fail on user input, before anything is written.
+fn prepare<'a>(
+    inputs: &[&'a Checkpoint],
+    primary: usize,
+    combine: &dyn Combine,
+    out: &Output,
+) -> Result<Prepared<'a>> {
+    if inputs.is_empty() || primary >= inputs.len() {
+        return Err(Error::Internal("surgery needs a primary input".into()));
+    }
     writer::check_output_path(&out.path, inputs)?;
     let jobs = plan_jobs(inputs, primary, combine.keeps_primary_tensors(), out)?;
     let specs: Vec<TensorSpec> = jobs.iter().map(|j| j.spec.clone()).collect();
     let layout = Layout::for_checkpoint(inputs[primary]);
-    side::source(inputs, primary, &specs, &layout, &out.path).map(|_| ())
+    let side = side::source(inputs, primary, &specs, &layout, &out.path)?;
+    Ok(Prepared {
+        jobs,
+        specs,
+        layout,
+        side,
+    })
 }
 
 /// Runs a surgery: every tensor of the inputs through `combine` into the output. `primary`
@@ -414,14 +443,12 @@ pub fn run(
     out: &Output,
     progress: &Progress,
 ) -> Result<Outcome> {
-    if inputs.is_empty() || primary >= inputs.len() {
-        return Err(Error::Internal("surgery needs a primary input".into()));
-    }
-    writer::check_output_path(&out.path, inputs)?;
-    let jobs = plan_jobs(inputs, primary, combine.keeps_primary_tensors(), out)?;
-    let layout = Layout::for_checkpoint(inputs[primary]);
-    let specs: Vec<TensorSpec> = jobs.iter().map(|j| j.spec.clone()).collect();
-    let side = side::source(inputs, primary, &specs, &layout, &out.path)?;
+    let Prepared {
+        jobs,
+        specs,
+        layout,
+        side,
+    } = prepare(inputs, primary, combine, out)?;
     let ck = inputs[primary];
     let opts = WriterOptions {
         max_shard_bytes: out.max_shard_bytes,

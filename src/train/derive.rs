@@ -35,6 +35,24 @@ fn uses_file(spec: &StageSpec, strategy_override: Option<&str>) -> bool {
     spec.plan.file.is_some() && (spec.pinned || strategy_override.is_none())
 }
 
+/// The stage's strategy when it ranks by a diff (`delta`, `protect`) rather than a file.
+fn ranked_by_diff(spec: &StageSpec, strategy_override: Option<&str>) -> Option<String> {
+    let name = strategy_name(spec, strategy_override);
+    let ranked = name == "delta" || name == PROTECT;
+    (ranked && !uses_file(spec, strategy_override)).then_some(name)
+}
+
+/// Refuses a derived strategy in the first stage: nothing has been measured yet.
+fn nothing_measured(spec: &StageSpec, name: &str) -> Result<()> {
+    if spec.index == 0 {
+        return Err(Error::field(
+            "strategy",
+            format!("`{name}` ranks by what earlier stages changed; the first stage has none"),
+        ));
+    }
+    Ok(())
+}
+
 /// The diff a `delta` or `protect` stage ranks by, and what it measures (for the report):
 /// the recipe's `diff` if it gives one, else made from the run's checkpoints. None for the
 /// other strategies.
@@ -44,20 +62,14 @@ pub fn diff_for(
     strategy_override: Option<&str>,
     output: &Path,
 ) -> Result<Option<(PathBuf, String)>> {
-    let name = strategy_name(spec, strategy_override);
-    if uses_file(spec, strategy_override) || !(name == "delta" || name == PROTECT) {
+    let Some(name) = ranked_by_diff(spec, strategy_override) else {
         return Ok(None);
-    }
+    };
     if let Some(d) = &spec.plan.diff {
         return Ok(Some((d.clone(), format!("the diff {}", d.display()))));
     }
+    nothing_measured(spec, &name)?;
     let i = spec.index;
-    if i == 0 {
-        return Err(Error::field(
-            "strategy",
-            format!("`{name}` ranks by what earlier stages changed; the first stage has none"),
-        ));
-    }
     let ckpt = |k: usize| output.join(stage_dir(k, &recipe.stages[k].name));
     let (from, to, file, what) = if name == PROTECT {
         let names: Vec<&str> = recipe.stages[..i].iter().map(|s| s.name.as_str()).collect();
@@ -107,19 +119,12 @@ pub fn validate(
     start: &Checkpoint,
     seed: u64,
 ) -> Result<()> {
-    let name = strategy_name(spec, strategy_override);
-    let derived = !uses_file(spec, strategy_override)
-        && (name == "delta" || name == PROTECT)
-        && spec.plan.diff.is_none();
-    if !derived {
-        return stage_plan(spec, strategy_override, start, seed, None).map(|_| ());
-    }
-    if spec.index == 0 {
-        return Err(Error::field(
-            "strategy",
-            format!("`{name}` ranks by what earlier stages changed; the first stage has none"),
-        ));
-    }
+    let name = match ranked_by_diff(spec, strategy_override) {
+        // Its diff does not exist before the run makes it: check what can be checked.
+        Some(name) if spec.plan.diff.is_none() => name,
+        _ => return stage_plan(spec, strategy_override, start, seed, None).map(|_| ()),
+    };
+    nothing_measured(spec, &name)?;
     let r = spec.plan.ratio.unwrap_or(defaults::RATIO);
     if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
         return Err(Error::field("ratio", format!("{r} is outside [0, 1]")));

@@ -67,9 +67,7 @@ pub fn train_stage(
         }
         (None, None) => return Err(Error::Internal("stage without steps".into())),
     };
-    let drawn = spec.data.iter().map(|d| d.batch as u128).sum::<u128>()
-        * steps as u128
-        * st.accumulate as u128;
+    let drawn = crate::train::recipe::examples_drawn(&spec.data, steps, st.accumulate);
     if drawn > crate::train::recipe::MAX_DRAWN {
         // Named as the field that made the steps; the caller adds the recipe and the stage.
         let field = if st.steps.is_some() {

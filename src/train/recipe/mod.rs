@@ -161,6 +161,11 @@ pub struct StageSpec {
 /// before the first step, 8 bytes each, so this caps that plan at 1 GiB.
 pub const MAX_DRAWN: u128 = 1 << 27;
 
+/// Examples a stage with these sources draws in `steps` optimizer steps.
+pub fn examples_drawn(data: &[Source], steps: u64, accumulate: u64) -> u128 {
+    data.iter().map(|d| d.batch as u128).sum::<u128>() * steps as u128 * accumulate as u128
+}
+
 impl Recipe {
     /// Reads and checks a recipe; paths inside are resolved against its directory.
     pub fn read(path: &Path) -> Result<Recipe> {
@@ -368,9 +373,7 @@ impl Recipe {
                 .check()
                 .map_err(|e| e.in_file(path, &format!("stage `{}`: ", s.name)))?;
             if let Some(steps) = st.steps {
-                let drawn = s.data.iter().map(|d| d.batch as u128).sum::<u128>()
-                    * steps as u128
-                    * st.accumulate as u128;
+                let drawn = examples_drawn(&s.data, steps, st.accumulate);
                 if drawn > MAX_DRAWN {
                     return bad(format!(
                         "stage `{}`: steps x accumulate x batch draw {drawn} examples, more \
