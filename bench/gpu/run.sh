@@ -63,10 +63,10 @@ for shape in $SHAPES; do
   "$PY" "$ROOT/bench/gpu/make_model.py" "$shape" "$M" --seq "$SEQ" --examples $((BATCH * (STEPS + WARMUP)))
   for strategy in full category; do
     run_hft -q plan "$M" --strategy "$strategy" --ratio 0.5 --seed 1 --stage 0 --emit torch \
-      -o "$M/plan-$strategy.py" 2>/dev/null
+      -o "$OUT/$shape-plan-$strategy.py"
     cat > "$M/$strategy.yaml" <<YAML
 model: .
-output: runs-$strategy
+output: ../$shape-runs-$strategy
 tokenizer: bytes
 precision: $PRECISION
 defaults: {lr: 1.0e-4, steps: $((STEPS + WARMUP)), seq_len: $SEQ, log_every: 1, clip: 1.0}
@@ -79,7 +79,7 @@ YAML
     poll_start
     (cd "$M" && run_hft -q run "$strategy.yaml" --device "$DEVICE" --force > /dev/null)
     mem=$(poll_stop)
-    "$PY" - "$M/runs-$strategy/report.json" "$shape" "$strategy" "$BATCH" "$SEQ" "$mem" "$DEVICE" "$PRECISION" >> "$RESULTS" <<'PY'
+    "$PY" - "$OUT/$shape-runs-$strategy/report.json" "$shape" "$strategy" "$BATCH" "$SEQ" "$mem" "$DEVICE" "$PRECISION" >> "$RESULTS" <<'PY'
 import json, sys
 path, shape, strategy, batch, seq, mem, device, precision = sys.argv[1:]
 r = json.load(open(path))
@@ -98,7 +98,7 @@ print(json.dumps({
 PY
     echo "== $shape $strategy: PyTorch" >&2
     poll_start
-    "$PY" "$ROOT/bench/gpu/ref_train.py" --model "$M" --plan "$M/plan-$strategy.py" \
+    "$PY" "$ROOT/bench/gpu/ref_train.py" --model "$M" --plan "$OUT/$shape-plan-$strategy.py" \
       --label "$shape $strategy" --steps "$STEPS" --warmup "$WARMUP" --batch "$BATCH" --seq "$SEQ" \
       --device "$DEVICE" --threads "$TORCH_THREADS" --precision "$PRECISION" > "$OUT/torch.json"
     mem=$(poll_stop)

@@ -170,6 +170,18 @@ pub fn train_stage(
             }
             step_loss += lv / st.accumulate as f64;
         }
+        // Linear weights' gradients were accumulated in place over the micro-batches.
+        for (g, s) in grads
+            .iter_mut()
+            .zip(model.take_sunk().map_err(TrainError::map)?)
+        {
+            if let Some(s) = s {
+                *g = Some(match g.take() {
+                    Some(old) => (old + s).map_err(TrainError::map)?,
+                    None => s,
+                });
+            }
+        }
         let norm = opt.mask_and_norm(&mut grads).map_err(TrainError::map)?;
         let scale = if st.clip > 0.0 && norm > st.clip {
             st.clip / norm

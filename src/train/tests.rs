@@ -73,9 +73,9 @@ fn gradients_match_finite_differences_in_f64() {
             .backward()
             .unwrap();
         let h = 1e-5;
-        for (name, var) in m.vars() {
-            let g = grads
-                .get(var.as_tensor())
+        let all = m.gradients(&grads).unwrap();
+        for ((name, var), (_, g)) in m.vars().into_iter().zip(all) {
+            let g = g
                 .unwrap_or_else(|| panic!("{name}: no gradient"))
                 .flatten_all()
                 .unwrap()
@@ -119,6 +119,7 @@ fn every_trainable_tensor_receives_a_gradient_under_each_strategy() {
         .unwrap()
         .backward()
         .unwrap();
+    let gfull = full.gradients(&gfull).unwrap();
     for s in [
         Strategy::Category,
         Strategy::Layer,
@@ -133,13 +134,19 @@ fn every_trainable_tensor_receives_a_gradient_under_each_strategy() {
             .unwrap()
             .backward()
             .unwrap();
-        for (name, v) in &vars {
-            let gv = g
-                .get(v.as_tensor())
+        let g = m.gradients(&g).unwrap();
+        for (name, gv) in &g {
+            let gv = gv
+                .as_ref()
                 .unwrap_or_else(|| panic!("{s:?}: {name} has no gradient"));
             // Same model values, so the gradient equals full fine-tuning's.
-            let (_, fv) = full.vars().into_iter().find(|(n, _)| n == name).unwrap();
-            let gf = gfull.get(fv.as_tensor()).unwrap();
+            let gf = gfull
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1
+                .as_ref()
+                .unwrap();
             let diff = (gv - gf)
                 .unwrap()
                 .abs()
@@ -188,9 +195,11 @@ fn frozen_tensors_and_masked_elements_are_bit_identical_after_training() {
                 .unwrap()
                 .backward()
                 .unwrap();
-            let mut grads: Vec<_> = vars
-                .iter()
-                .map(|(_, v)| g.get(v.as_tensor()).cloned())
+            let mut grads: Vec<_> = m
+                .gradients(&g)
+                .unwrap()
+                .into_iter()
+                .map(|(_, g)| g)
                 .collect();
             opt.mask_and_norm(&mut grads).unwrap();
             opt.step(&grads, 1e-2, 1.0).unwrap();
@@ -367,9 +376,10 @@ fn bf16_products_give_f32_gradients_close_to_the_f32_ones() {
         .unwrap();
     let vars = f32m.vars();
     assert!(!vars.is_empty() && vars.len() < f32m.params.len());
-    for ((name, vf), (_, vb)) in vars.iter().zip(bf16m.vars()) {
-        let a = gf.get(vf.as_tensor()).expect("f32 gradient");
-        let c = gb.get(vb.as_tensor()).expect("bf16 gradient");
+    let (gf, gb) = (f32m.gradients(&gf).unwrap(), bf16m.gradients(&gb).unwrap());
+    for ((name, a), (_, c)) in gf.iter().zip(&gb) {
+        let a = a.as_ref().expect("f32 gradient");
+        let c = c.as_ref().expect("bf16 gradient");
         assert_eq!(c.dtype(), DType::F32, "{name}");
         let norm = |t: &Tensor| {
             t.sqr()

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::train::data::{Batch, Example};
 use crate::train::model::head::head_nll;
+use crate::train::model::linear::Param;
 use crate::train::model::Llama;
 use crate::train::TrainError;
 
@@ -49,10 +50,12 @@ pub fn loss_sum(model: &Llama, b: &Batch, grad: bool) -> candle_core::Result<Ten
     let (x, y, w) = tensors(b, model.dtype, &model.device)?;
     if model.device.is_cpu() && model.compute == model.dtype {
         // The head and the loss fused over chunks of rows: no whole logits.
-        let h = model.hidden(&x, grad)?;
-        let d = h.dim(2)?;
-        let h = h.reshape(((), d))?;
-        return head_nll(&h, model.head().tensor(), &y, &w, grad);
+        let h = model.rows(&x, grad)?;
+        let sink = match model.head() {
+            Param::Train(_, sink) => Some(sink),
+            Param::Frozen(_) => None,
+        };
+        return head_nll(&h, model.head().tensor(), &y, &w, grad, sink);
     }
     let logits = model.forward(&x, grad)?;
     (nll(&logits, &y)? * &w)?.sum_all()

@@ -14,6 +14,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::linear::{GradSink, SunkElem};
 use super::ops::{slice, Elem};
 
 /// Logits held at once, at most (elements): 8M f32 is 32 MB.
@@ -29,6 +30,8 @@ pub struct HeadNll<T> {
     grad_w: bool,
     /// Logits held at once (elements).
     chunk: usize,
+    /// Where the head's gradient goes, instead of candle's store (see [`GradSink`]).
+    sink: Option<GradSink>,
     saved: Mutex<Option<Saved<T>>>,
 }
 
@@ -38,7 +41,7 @@ type Saved<T> = (Vec<T>, Option<Vec<T>>);
 
 /// `dst[m×n] (+)= lhs × rhs` with explicit strides (row stride, column stride) of each.
 #[allow(clippy::too_many_arguments)]
-fn matmul<T: Elem>(
+pub(super) fn matmul<T: Elem>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
     accumulate: bool,
@@ -77,7 +80,7 @@ fn matmul<T: Elem>(
     }
 }
 
-impl<T: Elem> HeadNll<T> {
+impl<T: SunkElem> HeadNll<T> {
     pub fn new(targets: Vec<u32>, weights: Vec<T>, grad_h: bool, grad_w: bool) -> Self {
         HeadNll {
             targets,
@@ -85,6 +88,7 @@ impl<T: Elem> HeadNll<T> {
             grad_h,
             grad_w,
             chunk: CHUNK_ELEMS,
+            sink: None,
             saved: Mutex::new(None),
         }
     }
@@ -179,9 +183,13 @@ impl<T: Elem> HeadNll<T> {
         } else {
             None
         };
-        let dw = match dw {
-            Some(dw) => Some(T::tensor(scaled(dw), w)?),
-            None => None,
+        let dw = match (dw, &self.sink) {
+            (Some(dw), Some(sink)) => {
+                sink.add_owned(scaled(dw))?;
+                None
+            }
+            (Some(dw), None) => Some(T::tensor(scaled(dw), w)?),
+            (None, _) => None,
         };
         Ok((dh, dw))
     }
@@ -192,7 +200,7 @@ fn contiguous<'a, T: Elem>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     slice(v, l, "head-nll")
 }
 
-impl<T: Elem> CustomOp2 for HeadNll<T> {
+impl<T: SunkElem> CustomOp2 for HeadNll<T> {
     fn name(&self) -> &'static str {
         "hft-head-nll"
     }
@@ -225,23 +233,25 @@ impl<T: Elem> CustomOp2 for HeadNll<T> {
 }
 
 /// `Σᵢ wᵢ nll(hᵢ Wᵀ, tᵢ)` for `h [n, d]`, `W [v, d]`, u32 targets and weights `[n]`, on the
-/// CPU in f32 or f64. `grad` says whether a backward pass follows.
+/// CPU in f32 or f64. `grad` says whether a backward pass follows; a trainable head's gradient
+/// then goes to `sink` when one is given, else to candle's store.
 pub fn head_nll(
     h: &Tensor,
     w: &Tensor,
     targets: &Tensor,
     weights: &Tensor,
     grad: bool,
+    sink: Option<&GradSink>,
 ) -> Result<Tensor> {
-    head_nll_in_chunks(h, w, targets, weights, grad, CHUNK_ELEMS)
+    head_nll_in_chunks(h, w, (targets, weights), grad, sink, CHUNK_ELEMS)
 }
 
 fn head_nll_in_chunks(
     h: &Tensor,
     w: &Tensor,
-    targets: &Tensor,
-    weights: &Tensor,
+    (targets, weights): (&Tensor, &Tensor),
     grad: bool,
+    sink: Option<&GradSink>,
     chunk: usize,
 ) -> Result<Tensor> {
     let t = targets.flatten_all()?.to_vec1::<u32>()?;
@@ -256,6 +266,7 @@ fn head_nll_in_chunks(
                 .to_vec1::<f32>()?;
             let op = HeadNll {
                 chunk,
+                sink: sink.cloned(),
                 ..HeadNll::new(t, ws, grad_h, grad_w)
             };
             h.apply_op2(&w, op)
@@ -267,6 +278,7 @@ fn head_nll_in_chunks(
                 .to_vec1::<f64>()?;
             let op = HeadNll {
                 chunk,
+                sink: sink.cloned(),
                 ..HeadNll::new(t, ws, grad_h, grad_w)
             };
             h.apply_op2(&w, op)
@@ -302,7 +314,8 @@ mod tests {
         let t = Tensor::new(t.as_slice(), &dev)?;
         let wt: Vec<f64> = (0..n).map(|i| (i % 3) as f64 * 0.5).collect();
         let wt = Tensor::new(wt.as_slice(), &dev)?;
-        let nll = |h: &Tensor, w: &Tensor, grad| head_nll_in_chunks(h, w, &t, &wt, grad, 1500);
+        let nll =
+            |h: &Tensor, w: &Tensor, grad| head_nll_in_chunks(h, w, (&t, &wt), grad, None, 1500);
         let fused = (nll(h.as_tensor(), w.as_tensor(), true)? * 0.25)?;
         let logits = h.as_tensor().matmul(&w.as_tensor().t()?)?;
         let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;

@@ -2,11 +2,13 @@
 //! embeddings, grouped-query attention) with Hugging Face parameter names.
 //!
 //! Built only from ops that record a backward (candle-nn's fused `rms_norm`, `softmax_last_dim`,
-//! `rope` and `sdpa` do not): RMS norm written out, `rope_slow`, an explicit softmax and an
-//! additive causal mask. Weights come from a [`Checkpoint`] through its reader, are held in
+//! `rope` and `sdpa` do not): on the CPU our own fused kernels with hand-written backward
+//! passes ([`ops`], [`attention`], [`head`]); elsewhere RMS norm written out, `rope_slow`, an
+//! explicit softmax and an additive causal mask. Weights come from a [`Checkpoint`] through its reader, are held in
 //! f32 (or f64 for gradient checks), and every parameter the model needs must be in the
 //! checkpoint: nothing is initialised silently.
 
+pub mod attention;
 pub mod head;
 pub mod linear;
 pub mod ops;
@@ -149,8 +151,7 @@ pub struct Llama {
     blocks: Vec<Block>,
     norm: Param,
     head: Option<Param>,
-    cos: Tensor,
-    sin: Tensor,
+    rope: std::sync::Arc<attention::Rope>,
 }
 
 /// Builds the mask tensor (1 trains, 0 frozen) of a partially trained tensor.
@@ -259,7 +260,7 @@ impl Llama {
             let p = match &entry {
                 Entry::Whole(crate::plan::State::Freeze) => Param::Frozen(t),
                 Entry::Whole(crate::plan::State::Train) => {
-                    Param::Train(Var::from_tensor(&t).map_err(TrainError::map)?)
+                    Param::train(Var::from_tensor(&t).map_err(TrainError::map)?)
                 }
                 partial => {
                     if partial.trainable(&info.shape) == 0 {
@@ -269,7 +270,7 @@ impl Llama {
                             name.clone(),
                             element_mask(partial, name, &info.shape, dtype, device)?,
                         );
-                        Param::Train(Var::from_tensor(&t).map_err(TrainError::map)?)
+                        Param::train(Var::from_tensor(&t).map_err(TrainError::map)?)
                     }
                 }
             };
@@ -297,14 +298,17 @@ impl Llama {
                 }
             })
             .collect();
-        let (cos, sin) = rope_tables(&config, dtype, device).map_err(TrainError::map)?;
+        let rope = std::sync::Arc::new(attention::Rope::new(
+            config.head_dim,
+            config.max_positions.max(1),
+            config.rope_theta,
+        ));
         Ok(Llama {
             embed: take("model.embed_tokens.weight"),
             norm: take("model.norm.weight"),
             head: opt("lm_head.weight".into()),
             blocks,
-            cos,
-            sin,
+            rope,
             params,
             masks,
             device: device.clone(),
@@ -325,8 +329,41 @@ impl Llama {
         self.params
             .iter()
             .filter_map(|(n, p)| match p {
-                Param::Train(v) => Some((n.clone(), v.clone())),
+                Param::Train(v, _) => Some((n.clone(), v.clone())),
                 Param::Frozen(_) => None,
+            })
+            .collect()
+    }
+
+    /// The gradients that linear ops accumulated in place since the last call (see
+    /// [`linear::GradSink`]), in [`Llama::vars`] order; `None` where a gradient went through
+    /// candle's store instead (norms, embeddings, biases, and everything off the CPU).
+    pub fn take_sunk(&self) -> candle_core::Result<Vec<Option<Tensor>>> {
+        self.params
+            .iter()
+            .filter_map(|(_, p)| match p {
+                Param::Train(v, sink) => Some(sink.take(v.shape(), v.device())),
+                Param::Frozen(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every trainable parameter's gradient after one backward pass: candle's `store` plus
+    /// what the linear ops sank, in [`Llama::vars`] order.
+    pub fn gradients(
+        &self,
+        store: &candle_core::backprop::GradStore,
+    ) -> candle_core::Result<Vec<(String, Option<Tensor>)>> {
+        let sunk = self.take_sunk()?;
+        self.vars()
+            .into_iter()
+            .zip(sunk)
+            .map(|((n, v), s)| {
+                let g = match (store.get(v.as_tensor()), s) {
+                    (Some(a), Some(b)) => Some((a + b)?),
+                    (a, b) => a.cloned().or(b),
+                };
+                Ok((n, g))
             })
             .collect()
     }
@@ -334,16 +371,17 @@ impl Llama {
     /// The final hidden states `[batch, time, hidden]` (after the last norm) for token ids
     /// `[batch, time]`. `grad` false skips the frozen-linear op (no backward follows).
     pub fn hidden(&self, tokens: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        self.rows(tokens, grad)?.reshape((b, t, self.config.hidden))
+    }
+
+    /// [`Llama::hidden`] as rows `[batch·time, hidden]`: the states stay rows throughout, so
+    /// linears, norms and residual adds need no reshape (every reshape is a graph node whose
+    /// backward costs a zero tensor and an add in candle).
+    pub fn rows(&self, tokens: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let (b, t) = tokens.dims2()?;
-        let mut h = self
-            .embed
-            .tensor()
-            .index_select(&tokens.flatten_all()?, 0)?
-            .reshape((b, t, c.hidden))?;
-        let mask = causal_mask(t, self.dtype, &self.device)?;
-        let cos = self.cos.narrow(0, 0, t)?;
-        let sin = self.sin.narrow(0, 0, t)?;
+        let mut h = linear::embed(&self.embed, tokens, grad)?;
         let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
         let rep = nh / nkv;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -351,24 +389,33 @@ impl Llama {
         let lin = |x: &Tensor, w: &Param, b: Option<&Param>| linear_in(x, w, b, grad, cd);
         // A product of two activations in the compute dtype, the result back in ours.
         let mm = |a: &Tensor, b: &Tensor| cast(&cast(a, cd)?.matmul(&cast(b, cd)?)?, self.dtype);
+        let rope = Some(&self.rope);
         for blk in &self.blocks {
             let x = rms_norm(&h, blk.input_norm.tensor(), c.eps)?;
-            let q = lin(&x, &blk.q, blk.q_bias.as_ref())?;
-            let k = lin(&x, &blk.k, blk.k_bias.as_ref())?;
-            let v = lin(&x, &blk.v, blk.v_bias.as_ref())?;
-            let q = q.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = k.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-            let q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
-            // Grouped-query attention without copying K and V: the `rep` query heads that
-            // share a key-value head are stacked along time.
-            let q = (q * scale)?.reshape((b, nkv, rep * t, hd))?;
-            let scores = mm(&q, &k.t()?)?.reshape((b, nkv, rep, t, t))?;
-            let scores = scores.broadcast_add(&mask)?;
-            let att = crate::train::model::ops::softmax(&scores)?.reshape((b, nkv, rep * t, t))?;
-            let y = mm(&att, &v)?.reshape((b, nh, t, hd))?;
-            let y = y.transpose(1, 2)?.reshape((b, t, nh * hd))?;
+            // Heads [b, heads, t, hd]; grouped-query attention without copying K and V: the
+            // `rep` query heads that share a key-value head are stacked along time, which is
+            // the same memory as [b, kv_heads, rep·t, hd].
+            let q = attention::heads(
+                &lin(&x, &blk.q, blk.q_bias.as_ref())?,
+                (b, t, nh, hd),
+                rope,
+                scale,
+            )?
+            .reshape((b, nkv, rep * t, hd))?;
+            let k = attention::heads(
+                &lin(&x, &blk.k, blk.k_bias.as_ref())?,
+                (b, t, nkv, hd),
+                rope,
+                1.0,
+            )?;
+            let v = attention::heads(
+                &lin(&x, &blk.v, blk.v_bias.as_ref())?,
+                (b, t, nkv, hd),
+                None,
+                1.0,
+            )?;
+            let att = attention::causal_softmax(&mm(&q, &k.t()?)?)?;
+            let y = attention::merge(&mm(&att, &v)?, (b, t, nh, hd))?;
             h = (h + lin(&y, &blk.o, None)?)?;
             let x = rms_norm(&h, blk.post_norm.tensor(), c.eps)?;
             let g = lin(&x, &blk.gate, None)?;
@@ -409,29 +456,4 @@ impl Llama {
 /// RMS norm `x / sqrt(mean(x²) + eps) * w`, with a backward (see [`crate::train::ops`]).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
     crate::train::model::ops::rms_norm(x, w, eps)
-}
-
-fn causal_mask(t: usize, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
-    let v: Vec<f32> = (0..t * t)
-        .map(|i| if i % t > i / t { -1e9 } else { 0.0 })
-        .collect();
-    Tensor::from_vec(v, (t, t), device)?.to_dtype(dtype)
-}
-
-fn rope_tables(c: &Config, dtype: DType, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let half = c.head_dim / 2;
-    let n = c.max_positions.max(1);
-    let mut cos = Vec::with_capacity(n * half);
-    let mut sin = Vec::with_capacity(n * half);
-    for p in 0..n {
-        for i in 0..half {
-            let inv = 1.0 / c.rope_theta.powf(2.0 * i as f64 / c.head_dim as f64);
-            let a = p as f64 * inv;
-            cos.push(a.cos());
-            sin.push(a.sin());
-        }
-    }
-    let cos = Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?;
-    let sin = Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?;
-    Ok((cos, sin))
 }
