@@ -100,12 +100,12 @@ pub fn markdown(r: &RunReport) -> String {
         );
     }
     let _ = writeln!(m, "## Stages\n");
-    let _ = writeln!(m, "| stage | plan | trainable | steps | s/step | tokens/s | optimizer MiB | peak RSS MiB | change ‖Δ‖/‖W‖ | final train loss |");
-    let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(m, "| stage | plan | trainable | steps | s/step | tokens/s | eval s | optimizer MiB | peak RSS MiB | change ‖Δ‖/‖W‖ | final train loss |");
+    let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in &r.stages {
         let _ = writeln!(
             m,
-            "| {} {}{} | {} | {:.1}% | {} | {:.4} | {:.0} | {:.2} | {:.0} | {} | {} |",
+            "| {} {}{} | {} | {:.1}% | {} | {:.4} | {:.0} | {:.1} | {:.2} | {:.0} | {} | {} |",
             s.index,
             s.name,
             if s.shared_from.is_some() {
@@ -118,6 +118,7 @@ pub fn markdown(r: &RunReport) -> String {
             s.steps,
             s.step_seconds,
             s.tokens_per_second,
+            s.eval_seconds,
             s.optimizer_bytes as f64 / (1 << 20) as f64,
             s.peak_rss_mib,
             fmt(s.change.rel_delta, 4),

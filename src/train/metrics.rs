@@ -70,6 +70,9 @@ pub struct StageResult {
     pub tokens_per_second: f64,
     pub optimizer_bytes: u64,
     pub peak_rss_mib: f64,
+    /// Seconds spent scoring every eval set after the stage.
+    #[serde(default)]
+    pub eval_seconds: f64,
     /// (step, mean training loss since the previous point).
     pub curve: Vec<(u64, f64)>,
     pub scores: IndexMap<String, Score>,

@@ -373,7 +373,9 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
                 change.frozen_changed.join(", ")
             )));
         }
+        let scored = std::time::Instant::now();
         let scores = score_all(&t.model, &evals, tok.pad())?;
+        let eval_seconds = scored.elapsed().as_secs_f64();
         let res = StageResult {
             index: i,
             name: spec.name.clone(),
@@ -390,6 +392,7 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
             tokens_per_second: t.tokens as f64 / t.seconds.max(1e-9),
             optimizer_bytes: t.optimizer_bytes,
             peak_rss_mib: peak_rss_mib(),
+            eval_seconds,
             curve: t.curve,
             scores,
             change,
