@@ -3,7 +3,9 @@
 //! Only trainable tensors (candle `Var`s) are given to the optimizer, so frozen tensors have no
 //! state at all. A tensor the plan trains in part (an element mask, or the row ranges of a fused
 //! tensor) carries a 0/1 mask: its gradient is masked before the moments, and the whole update,
-//! weight decay included, is masked too, so masked elements stay bit-identical.
+//! weight decay included, is masked too, so masked elements stay bit-identical. Where the
+//! trained elements form few runs (the row ranges of a fused tensor), the moments exist only
+//! for them ([`Moments::Spans`]): a tensor trained in quarter keeps a quarter of the state.
 //!
 //! On the CPU with f32 parameters (training's master weights) the update is one fused pass per
 //! tensor, in place ([`Update`]); other devices and dtypes use composed candle ops.
@@ -45,6 +47,15 @@ enum Moments {
         /// 1.0 where the element trains, 0.0 where the plan freezes it.
         mask: Option<Vec<f32>>,
     },
+    /// A tensor trained in part whose trained elements form few runs (row ranges of a fused
+    /// tensor, say): moments only for the trained elements, in order, and the runs
+    /// `[start, end)` they cover. Chosen where it takes less memory than full-size moments
+    /// plus a mask.
+    Spans {
+        m: Vec<f32>,
+        v: Vec<f32>,
+        spans: Vec<(usize, usize)>,
+    },
     Composed {
         m: Tensor,
         v: Tensor,
@@ -76,17 +87,16 @@ impl AdamW {
                         Some(m) => Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
                         None => None,
                     };
-                    Moments::Fused {
-                        m: vec![0.0; n],
-                        v: vec![0.0; n],
-                        mask,
-                    }
+                    fused_moments(n, mask)
                 } else {
                     Moments::Composed {
                         m: var.zeros_like()?,
                         v: var.zeros_like()?,
                     }
                 };
+                // The fused kernels hold the mask in their own form; the tensor is for the
+                // composed path only.
+                let mask = if fused { None } else { mask };
                 Ok(Slot { var, mask, moments })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -97,11 +107,23 @@ impl AdamW {
         })
     }
 
-    /// Bytes of optimizer state (two moments per trainable tensor).
+    /// Bytes of optimizer state: the moments, and the mask or runs of a tensor trained in part.
     pub fn state_bytes(&self) -> u64 {
+        let f = std::mem::size_of::<f32>();
         self.slots
             .iter()
-            .map(|s| 2 * (s.var.elem_count() * s.var.dtype().size_in_bytes()) as u64)
+            .map(|s| match &s.moments {
+                Moments::Fused { m, v, mask } => {
+                    (m.len() + v.len() + mask.as_ref().map_or(0, Vec::len)) * f
+                }
+                Moments::Spans { m, v, spans } => {
+                    (m.len() + v.len()) * f + std::mem::size_of_val(spans.as_slice())
+                }
+                Moments::Composed { m, v } => {
+                    let mask = s.mask.as_ref().map_or(0, |t| t.elem_count());
+                    (m.elem_count() + v.elem_count() + mask) * s.var.dtype().size_in_bytes()
+                }
+            } as u64)
             .sum()
     }
 
@@ -116,6 +138,16 @@ impl AdamW {
             if let Moments::Fused { mask, .. } = &s.moments {
                 let g = gt.contiguous()?;
                 total += with_values::<f32, _>(&[&g], |g| sum_squares(g[0], mask.as_deref()))?;
+                continue;
+            }
+            if let Moments::Spans { spans, .. } = &s.moments {
+                let g = gt.contiguous()?;
+                total += with_values::<f32, _>(&[&g], |g| {
+                    spans
+                        .par_iter()
+                        .map(|&(a, b)| sum_squares(&g[0][a..b], None))
+                        .sum::<f64>()
+                })?;
                 continue;
             }
             if let Some(m) = &s.mask {
@@ -139,45 +171,102 @@ impl AdamW {
         let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (s, g) in self.slots.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
-            match &mut s.moments {
-                Moments::Fused { m, v, mask } => {
-                    let g = g.contiguous()?;
-                    let k = Update {
-                        state: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
-                        mask: mask.as_deref(),
-                        lr: lr as f32,
-                        beta1: c.beta1 as f32,
-                        beta2: c.beta2 as f32,
-                        one_minus_beta1: (1.0 - c.beta1) as f32,
-                        one_minus_beta2: (1.0 - c.beta2) as f32,
-                        inv_bc1: (1.0 / bc1) as f32,
-                        inv_bc2: (1.0 / bc2) as f32,
-                        eps: c.eps as f32,
-                        decay: c.weight_decay as f32,
-                        scale: scale as f32,
-                    };
-                    s.var.as_tensor().inplace_op2(&g, &k)?;
-                }
+            let (m, v, mask, spans) = match &mut s.moments {
+                Moments::Fused { m, v, mask } => (m, v, mask.as_deref(), None),
+                Moments::Spans { m, v, spans } => (m, v, None, Some(spans.as_slice())),
                 Moments::Composed { m, v } => {
-                    let g = g.detach();
-                    let g = if scale != 1.0 { (g * scale)? } else { g };
-                    *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-                    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                    let mhat = (&*m / bc1)?;
-                    let denom = ((&*v / bc2)?.sqrt()? + c.eps)?;
-                    let theta = &s.var.as_tensor().detach();
-                    let mut upd = ((mhat / denom)? + (theta * c.weight_decay)?)?;
-                    upd = (upd * lr)?;
-                    if let Some(m) = &s.mask {
-                        upd = upd.mul(m)?;
-                    }
-                    let new = (theta - upd)?;
-                    s.var.set(&new)?;
+                    composed_step(
+                        &s.var,
+                        s.mask.as_ref(),
+                        (m, v),
+                        g,
+                        (lr, scale),
+                        c,
+                        (bc1, bc2),
+                    )?;
+                    continue;
                 }
-            }
+            };
+            let g = g.contiguous()?;
+            let k = Update {
+                state: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
+                mask,
+                spans,
+                lr: lr as f32,
+                beta1: c.beta1 as f32,
+                beta2: c.beta2 as f32,
+                one_minus_beta1: (1.0 - c.beta1) as f32,
+                one_minus_beta2: (1.0 - c.beta2) as f32,
+                inv_bc1: (1.0 / bc1) as f32,
+                inv_bc2: (1.0 / bc2) as f32,
+                eps: c.eps as f32,
+                decay: c.weight_decay as f32,
+                scale: scale as f32,
+            };
+            s.var.as_tensor().inplace_op2(&g, &k)?;
         }
         Ok(())
     }
+}
+
+/// The mean run length below which a partly trained tensor keeps full-size moments.
+const MIN_RUN: usize = 64;
+
+/// Full-size moments (with the mask, if any), or moments of the trained runs only where that
+/// takes less memory.
+fn fused_moments(n: usize, mask: Option<Vec<f32>>) -> Moments {
+    let dense = |mask| Moments::Fused {
+        m: vec![0.0; n],
+        v: vec![0.0; n],
+        mask,
+    };
+    let Some(k) = mask else { return dense(None) };
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for (i, _) in k.iter().enumerate().filter(|(_, x)| **x != 0.0) {
+        match spans.last_mut() {
+            Some(last) if last.1 == i => last.1 = i + 1,
+            _ => spans.push((i, i + 1)),
+        }
+    }
+    let trained: usize = spans.iter().map(|(a, b)| b - a).sum();
+    let f = std::mem::size_of::<f32>();
+    let compact = 2 * trained * f + std::mem::size_of_val(spans.as_slice());
+    // Runs of a random element mask are a few elements long: bookkeeping would eat the
+    // saving, so those keep full-size moments and the mask.
+    if compact < 3 * n * f && spans.len() * MIN_RUN <= trained {
+        Moments::Spans {
+            m: vec![0.0; trained],
+            v: vec![0.0; trained],
+            spans,
+        }
+    } else {
+        dense(Some(k))
+    }
+}
+
+/// AdamW from candle ops (other devices and dtypes), the mask applied to the update.
+fn composed_step(
+    var: &Var,
+    mask: Option<&Tensor>,
+    (m, v): (&mut Tensor, &mut Tensor),
+    g: &Tensor,
+    (lr, scale): (f64, f64),
+    c: AdamWConfig,
+    (bc1, bc2): (f64, f64),
+) -> Result<()> {
+    let g = g.detach();
+    let g = if scale != 1.0 { (g * scale)? } else { g };
+    *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+    let mhat = (&*m / bc1)?;
+    let denom = ((&*v / bc2)?.sqrt()? + c.eps)?;
+    let theta = &var.as_tensor().detach();
+    let mut upd = ((mhat / denom)? + (theta * c.weight_decay)?)?;
+    upd = (upd * lr)?;
+    if let Some(k) = mask {
+        upd = upd.mul(k)?;
+    }
+    var.set(&(theta - upd)?)
 }
 
 /// Σ (g·mask)² in f64, over chunks in parallel.
@@ -203,8 +292,11 @@ const CHUNK: usize = 1 << 15;
 /// gradient and both moments, where the composed version makes a dozen full-size temporaries.
 /// Masked elements are skipped: parameter and moments stay bit-identical.
 struct Update<'a> {
+    /// The moments: full-size, or (with `spans`) of the trained runs only, in order.
     state: Mutex<(&'a mut [f32], &'a mut [f32])>,
     mask: Option<&'a [f32]>,
+    /// Runs `[start, end)` of the elements that train (the rest are left alone).
+    spans: Option<&'a [(usize, usize)]>,
     lr: f32,
     beta1: f32,
     beta2: f32,
@@ -232,6 +324,29 @@ impl Update<'_> {
             let denom = (*v * self.inv_bc2).sqrt() + self.eps;
             *p -= (mhat / denom + *p * self.decay) * self.lr;
         };
+        if let Some(spans) = self.spans {
+            // Disjoint pieces of parameter, gradient and moments, one per run.
+            let mut pieces = Vec::with_capacity(spans.len());
+            let (mut p, mut m, mut v) = (&mut *p, &mut m[..], &mut v[..]);
+            let mut at = 0;
+            for &(a, b) in spans {
+                let (_, rest) = std::mem::take(&mut p).split_at_mut(a - at);
+                let (pp, rest) = rest.split_at_mut(b - a);
+                p = rest;
+                let (mm, rest) = std::mem::take(&mut m).split_at_mut(b - a);
+                m = rest;
+                let (vv, rest) = std::mem::take(&mut v).split_at_mut(b - a);
+                v = rest;
+                pieces.push((pp, &g[a..b], mm, vv));
+                at = b;
+            }
+            pieces.into_par_iter().for_each(|(p, g, m, v)| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                    one(p, g, m, v);
+                }
+            });
+            return;
+        }
         let chunks = p
             .par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
@@ -302,7 +417,66 @@ mod tests {
         assert_eq!(w[1].to_bits(), (-2.0f32).to_bits());
         assert_eq!(w[3].to_bits(), 3.0f32.to_bits());
         assert!(w[0] < 1.5 && w[2] > 0.25);
-        assert_eq!(opt.state_bytes(), 2 * 4 * 4);
+        // Two runs of one element: full-size moments and the mask take no more memory.
+        assert_eq!(opt.state_bytes(), 2 * 4 * 4 + 4 * 4);
+        Ok(())
+    }
+
+    /// Row ranges keep moments for their rows only, and update exactly as full-size moments
+    /// with a mask do.
+    #[test]
+    fn row_ranges_keep_state_for_their_rows_only_and_update_alike() -> Result<()> {
+        let dev = Device::Cpu;
+        let (rows, cols) = (64, 48);
+        let n = rows * cols;
+        // Rows 8..24 and 40..44 train, as a fused tensor's row ranges would.
+        let mask: Vec<f32> = (0..n)
+            .map(|i| matches!(i / cols, 8..24 | 40..44) as u8 as f32)
+            .collect();
+        let w0: Vec<f32> = (0..n).map(|i| ((i % 89) as f32 - 44.0) / 13.0).collect();
+        let cfg = AdamWConfig {
+            weight_decay: 0.1,
+            ..AdamWConfig::default()
+        };
+        let spans = Var::from_tensor(&Tensor::from_vec(w0.clone(), (rows, cols), &dev)?)?;
+        let m = Tensor::from_vec(mask.clone(), (rows, cols), &dev)?;
+        let mut a = AdamW::new(vec![(spans.clone(), Some(m.clone()))], cfg)?;
+        assert!(matches!(&a.slots[0].moments, Moments::Spans { spans, .. } if spans.len() == 2));
+        assert_eq!(a.state_bytes(), (2 * 20 * cols * 4 + 2 * 16) as u64);
+        let dense = Var::from_tensor(&Tensor::from_vec(w0.clone(), (rows, cols), &dev)?)?;
+        let mut b = AdamW {
+            cfg,
+            slots: vec![Slot {
+                var: dense.clone(),
+                mask: Some(m),
+                moments: Moments::Fused {
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                    mask: Some(mask.clone()),
+                },
+            }],
+            step: 0,
+        };
+        for step in 0..4 {
+            let g: Vec<f32> = (0..n)
+                .map(|i| (((i * 5 + step * 11) % 29) as f32 - 14.0) / 9.0)
+                .collect();
+            let g = Tensor::from_vec(g, (rows, cols), &dev)?;
+            let (mut ga, mut gb) = (vec![Some(g.clone())], vec![Some(g)]);
+            let (na, nb) = (a.mask_and_norm(&mut ga)?, b.mask_and_norm(&mut gb)?);
+            assert!((na - nb).abs() < 1e-9 * nb, "norms {na} {nb}");
+            a.step(&ga, 1e-2, 0.7)?;
+            b.step(&gb, 1e-2, 0.7)?;
+        }
+        let wa = spans.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let wb = dense.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        for i in 0..n {
+            assert_eq!(wa[i].to_bits(), wb[i].to_bits(), "element {i}");
+            if mask[i] == 0.0 {
+                assert_eq!(wa[i].to_bits(), w0[i].to_bits(), "frozen element {i} moved");
+            }
+        }
+        assert!(wa.iter().zip(&w0).any(|(a, b)| a != b));
         Ok(())
     }
 

@@ -49,7 +49,7 @@ pub struct Trained {
 
 /// Trains `model` for one stage.
 pub fn train_stage(
-    model: Llama,
+    mut model: Llama,
     spec: &StageSpec,
     objective: &mut Objective,
     pad: u32,
@@ -85,9 +85,11 @@ pub fn train_stage(
         ));
     }
     let vars = model.vars();
+    // The masks move to the optimizer, which keeps them in the form it needs.
+    let mut masks = std::mem::take(&mut model.masks);
     let with_masks: Vec<_> = vars
         .iter()
-        .map(|(n, v)| (v.clone(), model.masks.get(n).cloned()))
+        .map(|(n, v)| (v.clone(), masks.remove(n)))
         .collect();
     let cfg = AdamWConfig {
         beta1: st.betas[0],
