@@ -329,6 +329,24 @@ impl Plan {
             }
         }
         if problems.is_empty() {
+            // The summary is what reports and exports show: it must say what the entries do
+            // (a hand-edited entry leaves it stale).
+            let (mut trainable, mut total) = (0u64, 0u64);
+            for &(name, shape) in &list {
+                total += shape.iter().product::<usize>() as u64;
+                trainable += self.tensors.get(name).map_or(0, |e| e.trainable(shape));
+            }
+            let said = &self.summary.all;
+            if (said.trainable, said.total) != (trainable, total) {
+                problems.push(format!(
+                    "its summary says {} of {} parameters train, its tensors train {trainable} \
+                     of {total}: the summary is out of date (make the plan again, or correct \
+                     `trainable` and `total`)",
+                    said.trainable, said.total
+                ));
+            }
+        }
+        if problems.is_empty() {
             return Ok(());
         }
         let more = if problems.len() > 3 {

@@ -465,4 +465,15 @@ fn check_catches_other_models_and_changed_shapes() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("shapes differ"), "{e}");
+    // A hand-edited entry leaves the summary stale: refused, naming the counts.
+    let mut edited = p.clone();
+    let (name, _) = m
+        .tensors
+        .iter()
+        .find(|(n, _)| p.tensors[n.as_str()] == Entry::TRAIN)
+        .unwrap();
+    edited.tensors.insert(name.clone(), Entry::FREEZE);
+    let e = edited.check(&m.source, m.names_shapes()).unwrap_err();
+    assert!(e.to_string().contains("summary is out of date"), "{e}");
+    assert_eq!(e.exit_code(), 2);
 }
