@@ -190,6 +190,17 @@ pub fn plan_from_names(tuned: &Checkpoint, text: &str, source: &Path) -> Result<
     };
     let report = ResetReport::new(&plan, tuned, &layout);
     plan.ratio = 1.0 - report.fraction();
+    // The summary says what the entries train, as a plan file must.
+    let (mut trainable, mut total) = (0u64, 0u64);
+    for (name, shape) in tensors_of(tuned) {
+        total += shape.iter().product::<usize>() as u64;
+        trainable += plan.entry(name).map_or(0, |e| e.trainable(shape));
+    }
+    plan.summary.all = crate::plan::Count {
+        trainable,
+        total,
+        fraction: trainable as f64 / total.max(1) as f64,
+    };
     Ok(plan)
 }
 

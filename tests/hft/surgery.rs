@@ -315,6 +315,17 @@ fn reset_with_a_plan_file_and_with_a_names_file() {
             seed: 5,
         },
     );
+    // An edited plan says what it now trains (a stale summary is refused).
+    let trainable: u64 = names(&tuned)
+        .iter()
+        .map(|n| {
+            plan.entry(n)
+                .unwrap()
+                .trainable(&tuned.get(n).unwrap().shape)
+        })
+        .sum();
+    plan.summary.all.trainable = trainable;
+    plan.summary.all.fraction = trainable as f64 / plan.summary.all.total as f64;
     let plan_file = d.path().join("plan.yaml");
     std::fs::write(&plan_file, plan.to_yaml()).unwrap();
     let out2 = d.path().join("by-plan");
