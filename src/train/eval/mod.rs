@@ -45,6 +45,28 @@ pub fn nll(logits: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
     crate::train::model::ops::nll(logits, targets)
 }
 
+/// The NLL and the greedy token at every scored position of `b` (weight above zero), in
+/// row order; the head is applied to those positions only.
+pub fn scored(model: &Llama, b: &Batch) -> Result<(Vec<f32>, Vec<u32>)> {
+    let rows: Vec<u32> = (0..b.weights.len())
+        .filter(|&i| b.weights[i] > 0.0)
+        .map(|i| i as u32)
+        .collect();
+    if rows.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let run = || -> candle_core::Result<(Vec<f32>, Vec<u32>)> {
+        let (x, _, _) = tensors(b, model.dtype, &model.device)?;
+        let logits = model.logits_at(&x, &rows)?;
+        let y: Vec<u32> = rows.iter().map(|&i| b.targets[i as usize]).collect();
+        let y = Tensor::new(y.as_slice(), &model.device)?;
+        let n = nll(&logits, &y)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let am = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        Ok((n, am))
+    };
+    run().map_err(TrainError::map)
+}
+
 /// Sum of the weighted NLL of a batch's scored tokens.
 pub fn loss_sum(model: &Llama, b: &Batch, grad: bool) -> candle_core::Result<Tensor> {
     let (x, y, w) = tensors(b, model.dtype, &model.device)?;
@@ -89,25 +111,16 @@ pub fn score(model: &Llama, examples: &[Example], pad: u32, batch: usize) -> Res
     for chunk in examples.chunks(batch.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let b = Batch::new(&refs, pad);
-        let run = || -> candle_core::Result<(Vec<f32>, Vec<u32>)> {
-            let (x, y, _) = tensors(&b, model.dtype, &model.device)?;
-            let logits = model.forward(&x, false)?;
-            let n = nll(&logits, &y)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let am = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
-            Ok((n, am))
-        };
-        let (n, am) = run().map_err(TrainError::map)?;
+        let (n, am) = scored(model, &b)?;
+        let mut k = 0;
         for (r, e) in chunk.iter().enumerate() {
             let mut ok = true;
             for (p, w) in e.weights.iter().enumerate() {
                 if *w > 0.0 {
-                    let i = r * b.t + p;
-                    total += n[i] as f64;
+                    total += n[k] as f64;
                     tokens += 1;
-                    ok &= am[i] == b.targets[i];
+                    ok &= am[k] == b.targets[r * b.t + p];
+                    k += 1;
                 }
             }
             if e.completion {

@@ -15,7 +15,6 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Tensor, D};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -23,7 +22,6 @@ use crate::error::{Error, Result};
 use crate::train::data::{jsonl_objects, line_error, Batch, Example, Tokenizer};
 use crate::train::eval::{self, Score};
 use crate::train::model::Llama;
-use crate::train::TrainError;
 
 /// Reads a retention set: examples whose weights cover the answer tokens only (no EOS).
 pub fn read_facts(path: &Path, tok: &Tokenizer, max_len: usize) -> Result<Vec<Example>> {
@@ -93,25 +91,16 @@ pub fn score(model: &Llama, facts: &[Example], pad: u32, batch: usize) -> Result
     for chunk in facts.chunks(batch.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let b = Batch::new(&refs, pad);
-        let run = || -> candle_core::Result<(Vec<f32>, Vec<u32>)> {
-            let (x, y, _) = eval::tensors(&b, model.dtype, &model.device)?;
-            let logits: Tensor = model.forward(&x, false)?;
-            let n = eval::nll(&logits, &y)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let am = logits.argmax(D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
-            Ok((n, am))
-        };
-        let (n, am) = run().map_err(TrainError::map)?;
+        let (n, am) = eval::scored(model, &b)?;
+        let mut k = 0;
         for (r, e) in chunk.iter().enumerate() {
             let (mut ok, mut lp) = (true, 0f64);
             for (p, w) in e.weights.iter().enumerate() {
                 if *w > 0.0 {
-                    let i = r * b.t + p;
-                    lp -= n[i] as f64;
+                    lp -= n[k] as f64;
                     tokens += 1;
-                    ok &= am[i] == b.targets[i];
+                    ok &= am[k] == b.targets[r * b.t + p];
+                    k += 1;
                 }
             }
             right += ok as usize;
@@ -132,7 +121,7 @@ pub fn score(model: &Llama, facts: &[Example], pad: u32, batch: usize) -> Result
 mod tests {
     use std::path::Path;
 
-    use candle_core::{Device, Tensor};
+    use candle_core::{DType, Device, Tensor};
 
     use super::*;
     use crate::io::Checkpoint;

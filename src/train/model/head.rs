@@ -100,20 +100,37 @@ impl<T: SunkElem> HeadNll<T> {
         if self.targets.iter().any(|&t| t as usize >= v) {
             candle_core::bail!("head-nll: a target is past the vocabulary of {v}")
         }
-        let rows = (self.chunk / v.max(1)).clamp(1, n.max(1));
+        // Rows of weight zero (prompt tokens, padding) add nothing to the loss or to either
+        // gradient, so only the scored rows meet the head: in SFT with the prompt masked that
+        // is most of the head's work saved.
+        let live: Vec<usize> = (0..n).filter(|&i| self.weights[i].f() != 0.0).collect();
+        let compact: (Vec<T>, Vec<u32>, Vec<T>);
+        let (h, targets, weights, m) = if live.len() == n {
+            (h, &self.targets[..], &self.weights[..], n)
+        } else {
+            compact = (
+                live.iter()
+                    .flat_map(|&i| h[i * d..(i + 1) * d].iter().copied())
+                    .collect(),
+                live.iter().map(|&i| self.targets[i]).collect(),
+                live.iter().map(|&i| self.weights[i]).collect(),
+            );
+            (&compact.0[..], &compact.1[..], &compact.2[..], live.len())
+        };
+        let rows = (self.chunk / v.max(1)).clamp(1, m.max(1));
         let grad = self.grad_h || self.grad_w;
-        let mut dh = vec![T::from_f64(0.0); if self.grad_h { n * d } else { 0 }];
+        let mut dh = vec![T::from_f64(0.0); if self.grad_h { m * d } else { 0 }];
         let mut dw = vec![T::from_f64(0.0); if self.grad_w { v * d } else { 0 }];
         let mut logits = vec![T::from_f64(0.0); rows * v];
         let mut total = 0f64;
-        for start in (0..n).step_by(rows) {
-            let c = rows.min(n - start);
+        for start in (0..m).step_by(rows) {
+            let c = rows.min(m - start);
             let hc = &h[start * d..(start + c) * d];
             // logits[c×v] = h_c × Wᵀ
             matmul((c, v, d), &mut logits, false, hc, (d, 1), w, (1, d));
             let lg = &mut logits[..c * v];
-            let ts = &self.targets[start..start + c];
-            let ws = &self.weights[start..start + c];
+            let ts = &targets[start..start + c];
+            let ws = &weights[start..start + c];
             // Per row: the loss, and (training) the gradient `w · (softmax − onehot)` in place.
             total += lg
                 .par_chunks_mut(v)
@@ -150,6 +167,13 @@ impl<T: SunkElem> HeadNll<T> {
                 // dW[v×d] += G_cᵀ[v×c] × h_c[c×d]
                 matmul((v, d, c), &mut dw, true, lg, (1, v), hc, (d, 1));
             }
+        }
+        if self.grad_h && m < n {
+            let mut full = vec![T::from_f64(0.0); n * d];
+            for (k, &i) in live.iter().enumerate() {
+                full[i * d..(i + 1) * d].copy_from_slice(&dh[k * d..(k + 1) * d]);
+            }
+            dh = full;
         }
         if grad {
             let dw = self.grad_w.then_some(dw);
@@ -302,9 +326,17 @@ mod tests {
     }
 
     /// The fused op equals the composed head, log-softmax and gather, value and gradients,
-    /// over several chunks (a vocabulary large enough that a chunk holds a few rows).
+    /// over several chunks (a vocabulary large enough that a chunk holds a few rows), with
+    /// every row scored and with a third of the rows at weight zero (skipped by the op).
     #[test]
     fn fused_head_loss_equals_the_composed_one() -> Result<()> {
+        for skipped in [false, true] {
+            fused_head_against_composed(skipped)?;
+        }
+        Ok(())
+    }
+
+    fn fused_head_against_composed(skipped: bool) -> Result<()> {
         let dev = Device::Cpu;
         // 37 rows of a 300-word vocabulary, 5 rows (1500 logits) at a time.
         let (n, d, v) = (37, 8, 300);
@@ -312,7 +344,9 @@ mod tests {
         let w = Var::from_tensor(&Tensor::randn(0f64, 0.5, (v, d), &dev)?)?;
         let t: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % v as u32).collect();
         let t = Tensor::new(t.as_slice(), &dev)?;
-        let wt: Vec<f64> = (0..n).map(|i| (i % 3) as f64 * 0.5).collect();
+        let wt: Vec<f64> = (0..n)
+            .map(|i| (i % 3 + usize::from(!skipped)) as f64 * 0.5)
+            .collect();
         let wt = Tensor::new(wt.as_slice(), &dev)?;
         let nll =
             |h: &Tensor, w: &Tensor, grad| head_nll_in_chunks(h, w, (&t, &wt), grad, None, 1500);

@@ -438,6 +438,15 @@ impl Llama {
         linear_in(&h, self.head(), None, grad, self.compute)
     }
 
+    /// Logits `[rows.len(), vocab]` at the given rows of the batch (`row = sequence · time +
+    /// position`), without a backward pass: scoring reads a few positions of each example (a
+    /// fact's answer, a completion), so the head, a vocabulary-wide product, meets only those.
+    pub fn logits_at(&self, tokens: &Tensor, rows: &[u32]) -> candle_core::Result<Tensor> {
+        let idx = Tensor::new(rows, &self.device)?;
+        let h = self.rows(tokens, false)?.index_select(&idx, 0)?;
+        linear_in(&h, self.head(), None, false, self.compute)
+    }
+
     /// Current values of every parameter, for writing a checkpoint: name -> f64 values.
     pub fn values(&self, name: &str) -> Result<Vec<f64>> {
         let p = self
