@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::error::Result;
 use crate::progress::Sink;
 use crate::report::plot::{self, CurvePoint, Curves, Heatmap, Series};
-use crate::train::grid_metrics::{GridReport, MatchedRow, Stat};
+use crate::train::grid_metrics::{is_baseline, GridReport, MatchedRow, Stat};
 
 fn show(s: Option<Stat>, digits: usize) -> String {
     match s.map(|s| Stat {
@@ -34,12 +34,15 @@ fn seeds_phrase(g: &GridReport) -> String {
 pub fn markdown(g: &GridReport) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "# hft run: {}\n", g.recipe);
+    let trained: Vec<&String> = g.strategies.iter().filter(|s| !is_baseline(s)).collect();
+    let baselines = g.strategies.len() - trained.len();
+    let runs = g.runs.iter().filter(|r| !is_baseline(&r.strategy)).count();
     let _ = writeln!(
         m,
-        "{} strateg{} × {} × {}: {} runs. Figures are mean ± standard deviation over seeds \
+        "{} strateg{} × {} × {}: {} runs{}. Figures are mean ± standard deviation over seeds \
          (a single value: one seed).\n",
-        g.strategies.len(),
-        if g.strategies.len() == 1 { "y" } else { "ies" },
+        trained.len(),
+        if trained.len() == 1 { "y" } else { "ies" },
         match &g.sweep {
             Some(k) => format!(
                 "{} values of `{k}`",
@@ -48,7 +51,15 @@ pub fn markdown(g: &GridReport) -> String {
             None => "the recipe's settings".into(),
         },
         seeds_phrase(g),
-        g.runs.len()
+        runs,
+        match baselines {
+            0 => String::new(),
+            n => format!(
+                ", and {n} post baseline{} read as strategies (`STRATEGY+BASELINE`: the run with \
+                 the baseline's model in place of its final one)",
+                if n == 1 { "" } else { "s" }
+            ),
+        }
     );
     let _ = writeln!(m, "## At equal learning\n");
     for line in words(g) {
@@ -144,6 +155,7 @@ pub fn markdown(g: &GridReport) -> String {
          stages the strategy trained. Each run's own report.md (under its directory) has the \
          full R matrices.\n"
     );
+    prior_table(g, &mut m);
     let tasks: Vec<&String> = g
         .cells
         .first()
@@ -196,6 +208,65 @@ pub fn markdown(g: &GridReport) -> String {
     m
 }
 
+/// What each eval set of prior knowledge lost, per strategy and setting: the means of the
+/// table above split by set, since a fact lost and a rise of the text loss are different harms.
+fn prior_table(g: &GridReport, m: &mut String) {
+    let sets: Vec<&String> = g
+        .cells
+        .first()
+        .map(|c| c.prior_sets.keys().collect())
+        .unwrap_or_default();
+    if sets.is_empty() {
+        return;
+    }
+    let with_em: Vec<bool> = sets
+        .iter()
+        .map(|n| {
+            g.cells
+                .iter()
+                .any(|c| c.prior_sets.get(*n).is_some_and(|p| p.em_lost.is_some()))
+        })
+        .collect();
+    let mut head = Vec::new();
+    for (n, em) in sets.iter().zip(&with_em) {
+        if *em {
+            head.push(format!("{n}: EM lost"));
+        }
+        head.push(format!("{n}: loss rise"));
+    }
+    let _ = writeln!(
+        m,
+        "## Prior knowledge per eval set
+"
+    );
+    let _ = writeln!(m, "| strategy | setting | {} |", head.join(" | "));
+    let _ = writeln!(m, "|---|---|{}", "---:|".repeat(head.len()));
+    for c in &g.cells {
+        let mut row = Vec::new();
+        for (n, em) in sets.iter().zip(&with_em) {
+            let p = c.prior_sets.get(*n);
+            if *em {
+                row.push(show(p.and_then(|p| p.em_lost), 3));
+            }
+            row.push(show(p.and_then(|p| p.loss_rise), 3));
+        }
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} |",
+            c.strategy,
+            c.setting.as_ref().map_or("recipe".into(), |s| s.label()),
+            row.join(" | ")
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\nBefore the first stage against after the last, mean ± sd over seeds, positive when \
+         forgotten: EM lost = exact match before − after; loss rise = loss after − before \
+         (nats per scored token; on a retention set that is minus the change of the answer's \
+         mean log-probability per token).\n"
+    );
+}
+
 /// The comparison in sentences, each carrying its numbers and never more than they carry.
 pub fn words(g: &GridReport) -> Vec<String> {
     let mut out = Vec::new();
@@ -213,6 +284,7 @@ pub fn words(g: &GridReport) -> Vec<String> {
         let ranges: Vec<String> = g
             .strategies
             .iter()
+            .filter(|s| !is_baseline(s))
             .map(|s| {
                 let v: Vec<f64> = g
                     .cells

@@ -403,6 +403,20 @@ fn run_cell(
             resume = true;
         }
     }
+    // Every cell of a grid starts from the same model and scores the same eval sets (no grid
+    // axis changes them), so the scores before the first stage are computed once.
+    let mut before_from = None;
+    if !resume {
+        for j in (0..k).rev() {
+            let from = o.output.join(&cells[j].dir);
+            if let Ok(first) = RunReport::read(&from.join(RUN_STATE)) {
+                seed_shared(&first, &from, &dir, &c.strategy, 0, &cells[j].label)?;
+                resume = true;
+                before_from = Some(&cells[j].label);
+                break;
+            }
+        }
+    }
     let opts = RunOptions {
         device: o.device.clone(),
         strategy: c.strategy_override.clone(),
@@ -433,6 +447,8 @@ fn run_cell(
                 if shared == 1 { "" } else { "s" },
                 cells[donor.expect("shared").0].label
             )
+        } else if let Some(l) = before_from {
+            format!("; scores before training read from {l}")
         } else {
             String::new()
         }

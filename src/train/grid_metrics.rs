@@ -45,10 +45,30 @@ pub struct RunPoint {
     /// Prior knowledge lost: the rise of those sets' loss (nats per token).
     #[serde(default)]
     pub prior_loss_rise: Option<f64>,
+    /// The same per eval set, in the order the sets were scored.
+    #[serde(default)]
+    pub prior_sets: IndexMap<String, PriorChange>,
     pub step_seconds: Option<f64>,
     pub trainable: Option<f64>,
     pub optimizer_mib: Option<f64>,
     pub peak_rss_mib: f64,
+}
+
+/// What one eval set of prior knowledge lost in one run (positive: forgotten).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct PriorChange {
+    /// Exact match before − after; sets with exact match only.
+    pub em_lost: Option<f64>,
+    /// Loss after − before (nats per scored token); on a retention set, minus the change of
+    /// the answer's mean log-probability per token.
+    pub loss_rise: f64,
+}
+
+/// [`PriorChange`] over seeds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct PriorStat {
+    pub em_lost: Option<Stat>,
+    pub loss_rise: Option<Stat>,
 }
 
 impl RunPoint {
@@ -83,6 +103,19 @@ impl RunPoint {
             text_loss: mean(&text),
             prior_em_lost: r.metrics.prior.em_lost,
             prior_loss_rise: r.metrics.prior.loss_rise,
+            prior_sets: r
+                .metrics
+                .prior
+                .sets
+                .iter()
+                .map(|(n, s)| {
+                    let change = PriorChange {
+                        em_lost: s.before_em.zip(s.after_em).map(|(b, a)| b - a),
+                        loss_rise: s.after_loss - s.before_loss,
+                    };
+                    (n.clone(), change)
+                })
+                .collect(),
             step_seconds: r.strategy_step_seconds(),
             trainable: mean(&own.iter().map(|s| s.plan.fraction).collect::<Vec<_>>()),
             optimizer_mib: own
@@ -113,6 +146,9 @@ pub struct CellSummary {
     pub prior_em_lost: Option<Stat>,
     #[serde(default)]
     pub prior_loss_rise: Option<Stat>,
+    /// Per eval set of prior knowledge.
+    #[serde(default)]
+    pub prior_sets: IndexMap<String, PriorStat>,
     pub step_seconds: Option<Stat>,
     pub trainable: Option<f64>,
     pub optimizer_mib: Option<f64>,
@@ -146,7 +182,10 @@ pub struct MatchedRow {
 /// overlap or a strategy has fewer than two settings.
 pub fn match_levels(cells: &[CellSummary]) -> Vec<f64> {
     let mut by: IndexMap<&str, Vec<f64>> = IndexMap::new();
-    for c in cells {
+    // The levels come from the training strategies: a post baseline learns less than the run
+    // it is made from, and its range would otherwise shrink the common one to nothing. It is
+    // read at those levels where its own sweep reaches them.
+    for c in cells.iter().filter(|c| !is_baseline(&c.strategy)) {
         if let Some(l) = c.learned {
             by.entry(&c.strategy).or_default().push(l.mean);
         }
@@ -218,9 +257,11 @@ impl GridReport {
         reports: &[RunReport],
         levels: Option<&[f64]>,
     ) -> GridReport {
+        let baselines = baseline_runs(cells, reports);
         let runs: Vec<RunPoint> = cells
             .iter()
             .zip(reports)
+            .chain(baselines.iter().map(|(c, r)| (c, r)))
             .map(|(c, r)| RunPoint::of(r, c))
             .collect();
         let mut strategies: Vec<String> = Vec::new();
@@ -274,6 +315,22 @@ impl GridReport {
                     text_loss: st(&|p| p.text_loss),
                     prior_em_lost: st(&|p| p.prior_em_lost),
                     prior_loss_rise: st(&|p| p.prior_loss_rise),
+                    prior_sets: mine
+                        .first()
+                        .map(|p| {
+                            p.prior_sets
+                                .keys()
+                                .map(|n| {
+                                    let of = |q: &RunPoint| q.prior_sets.get(n).copied();
+                                    let stat = PriorStat {
+                                        em_lost: st(&|q| of(q)?.em_lost),
+                                        loss_rise: st(&|q| Some(of(q)?.loss_rise)),
+                                    };
+                                    (n.clone(), stat)
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
                     step_seconds: st(&|p| p.step_seconds),
                     trainable: mine.iter().find_map(|p| p.trainable),
                     optimizer_mib: mine.iter().find_map(|p| p.optimizer_mib),
@@ -309,6 +366,36 @@ impl GridReport {
             heat: Some(heat),
         }
     }
+}
+
+/// Whether a strategy name is a post baseline's (`STRATEGY+BASELINE`, see [`baseline_runs`]).
+pub fn is_baseline(strategy: &str) -> bool {
+    strategy.contains('+')
+}
+
+/// Each post-hoc baseline of a run as a run of its own, strategy `STRATEGY+BASELINE`: the run
+/// with the baseline's model in place of its final one. So half-reset and WiSE-FT are read
+/// exactly like the strategies they are alternatives to: what they learned and forgot, the
+/// prior knowledge they lost, and (along a sweep) their forgetting at equal learning.
+pub fn baseline_runs(cells: &[Cell], reports: &[RunReport]) -> Vec<(Cell, RunReport)> {
+    let mut out = Vec::new();
+    for (c, r) in cells.iter().zip(reports) {
+        let Some(last) = r.stages.len().checked_sub(1) else {
+            continue;
+        };
+        for p in &r.post {
+            let mut b = r.clone();
+            b.stages[last].scores = p.scores.clone();
+            b.post.clear();
+            b.finish();
+            let mut bc = c.clone();
+            bc.strategy = format!("{}+{}", c.strategy, p.name);
+            bc.label = format!("{} {}", c.label, p.name);
+            bc.dir = c.dir.join(&p.checkpoint);
+            out.push((bc, b));
+        }
+    }
+    out
 }
 
 /// Forgetting of each strategy at `level`, interpolated per seed along the sweep.
@@ -477,6 +564,7 @@ mod tests {
             text_loss: None,
             prior_em_lost: Some(forgot / 2.0),
             prior_loss_rise: None,
+            prior_sets: IndexMap::new(),
             step_seconds: None,
             trainable: None,
             optimizer_mib: None,

@@ -439,7 +439,11 @@ fn post_baselines(
     }
     let tuned = Checkpoint::open(last)?;
     let mut made: Vec<(String, PathBuf)> = Vec::new();
-    for p in &recipe.post {
+    for p in recipe
+        .post
+        .iter()
+        .filter(|p| p.applies_after(&report.strategy))
+    {
         let base_ck;
         let base = match p.base() {
             None => model,

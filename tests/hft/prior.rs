@@ -49,10 +49,28 @@ fn prior_knowledge_lost_is_reported_per_run_and_per_strategy() {
     let grid = read_json(&d.path().join("out/report.json"));
     for cell in grid["cells"].as_array().unwrap() {
         assert!(cell["prior_loss_rise"]["mean"].is_f64(), "{cell}");
+        // Split by set: the facts' exact match and answer loss, the text set's loss alone.
+        let facts = &cell["prior_sets"]["facts"];
+        assert!(facts["em_lost"]["mean"].is_f64() && facts["loss_rise"]["mean"].is_f64());
+        assert!(
+            cell["prior_sets"]["text"].is_null(),
+            "a task is not prior knowledge"
+        );
     }
+    // One seed: each set's mean is that run's own change.
+    let full = &grid["runs"][0];
+    assert_eq!(
+        grid["cells"][0]["prior_sets"]["facts"]["loss_rise"]["mean"],
+        full["prior_sets"]["facts"]["loss_rise"]
+    );
     let md = std::fs::read_to_string(d.path().join("out/report.md")).unwrap();
     assert!(
         md.contains("prior lost (EM)") && md.contains("prior loss rise"),
+        "{md}"
+    );
+    assert!(
+        md.contains("## Prior knowledge per eval set")
+            && md.contains("| facts: EM lost | facts: loss rise |"),
         "{md}"
     );
     for plot in ["learn-forget-prior-em.svg", "learn-forget-prior-loss.svg"] {

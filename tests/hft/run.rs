@@ -213,6 +213,95 @@ fn compare_runs_each_strategy_and_shares_pinned_stages() {
     let c = read_json(&out.join("report.json"));
     assert_eq!(c["cells"][0]["trainable"], 1.0);
     assert!(c["cells"][1]["trainable"].as_f64().unwrap() < 1.0);
+    // Each post baseline is read like a strategy: its own row, from its own checkpoint.
+    let strategies: Vec<&str> = c["strategies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        strategies,
+        [
+            "full",
+            "category",
+            "full+reset-category-0.5",
+            "full+average-0.5-from-a",
+            "category+reset-category-0.5",
+            "category+average-0.5-from-a"
+        ]
+    );
+    let run = |dir: &str| {
+        c["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["dir"] == dir)
+            .unwrap_or_else(|| panic!("{dir}"))
+            .clone()
+    };
+    let full = read_json(&out.join("full/report.json"));
+    let reset = &full["post"][0];
+    let b = run("full/post/reset-category-0.5");
+    assert_eq!(b["strategy"], "full+reset-category-0.5");
+    assert_eq!(
+        b["op"],
+        full["metrics"]["post"]["reset-category-0.5"][0]["op"]
+    );
+    assert_eq!(
+        b["learned"], reset["scores"]["pairs"]["exact_match"],
+        "{b} {reset}"
+    );
+}
+
+/// `after: [full]` makes a baseline after full fine-tuning only; cells that share no stage
+/// still score the model before training once (the first cell's scores are read back).
+#[test]
+fn baselines_after_one_strategy_and_before_scored_once() {
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path(), "lr: 1.0e-2");
+    let r = RECIPE
+        .replace("LR_LINE", "lr: 1.0e-2")
+        .replace("    plan: {strategy: full}\n", "")
+        .replace("seed: 1}", "seed: 1, after: [full]}")
+        .replace("base: a}", "base: a, after: [full]}");
+    assert_eq!(r.matches("after: [full]").count(), 2, "{r}");
+    std::fs::write(d.path().join("r.yaml"), r).unwrap();
+    hft_serial()
+        .current_dir(d.path())
+        .args(["run", "r.yaml", "--compare", "full,category"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("category: learned"))
+        .stderr(predicate::str::contains(
+            "scores before training read from full",
+        ));
+    let out = d.path().join("out");
+    let full = read_json(&out.join("full/report.json"));
+    let cat = read_json(&out.join("category/report.json"));
+    assert_eq!(full["post"].as_array().unwrap().len(), 2);
+    assert_eq!(cat["post"].as_array().unwrap().len(), 0);
+    assert!(!out.join("category/post").exists());
+    assert_eq!(full["before"], cat["before"]);
+    assert_eq!(cat["stages"][0]["shared_from"], serde_json::Value::Null);
+    let c = read_json(&out.join("report.json"));
+    assert_eq!(
+        c["strategies"].as_array().unwrap().len(),
+        4,
+        "{}",
+        c["strategies"]
+    );
+    // A strategy name that does not exist is the recipe's error, naming the field.
+    let bad = std::fs::read_to_string(d.path().join("r.yaml"))
+        .unwrap()
+        .replacen("after: [full]", "after: [fulll]", 1);
+    std::fs::write(d.path().join("bad.yaml"), bad).unwrap();
+    hft_serial()
+        .current_dir(d.path())
+        .args(["run", "bad.yaml", "-o", "o2"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("bad.yaml").and(predicate::str::contains("post after")));
 }
 
 #[cfg(unix)]
@@ -298,8 +387,9 @@ fn a_sweep_over_seeds_runs_every_cell_trains_shared_stages_once_and_resumes() {
         );
     }
     let rep = read_json(&out.join("report.json"));
-    assert_eq!(rep["runs"].as_array().unwrap().len(), 8);
-    assert_eq!(rep["cells"].as_array().unwrap().len(), 4);
+    // 8 runs and their 2 post baselines each, read as strategies of their own.
+    assert_eq!(rep["runs"].as_array().unwrap().len(), 8 + 16);
+    assert_eq!(rep["cells"].as_array().unwrap().len(), 4 + 8);
     assert_eq!(rep["cells"][0]["seeds"], 2);
     assert_eq!(rep["cells"][0]["learned"]["n"], 2);
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();

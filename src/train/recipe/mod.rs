@@ -117,12 +117,17 @@ pub enum Post {
         /// The stage whose checkpoint is the base (default: the recipe's model).
         #[serde(default)]
         base: Option<String>,
+        /// Made only after runs of these training strategies (default: after every run).
+        #[serde(default)]
+        after: Vec<String>,
     },
     /// WiSE-FT: (1 - alpha) base + alpha final, for each alpha.
     Average {
         alphas: Vec<f64>,
         #[serde(default)]
         base: Option<String>,
+        #[serde(default)]
+        after: Vec<String>,
     },
 }
 
@@ -130,6 +135,16 @@ impl Post {
     pub fn base(&self) -> Option<&str> {
         match self {
             Post::Reset { base, .. } | Post::Average { base, .. } => base.as_deref(),
+        }
+    }
+
+    /// Whether the baseline is made after a run of `strategy`: a baseline of full fine-tuning
+    /// (`after: [full]`) need not be made, and scored, after every strategy of a grid.
+    pub fn applies_after(&self, strategy: &str) -> bool {
+        match self {
+            Post::Reset { after, .. } | Post::Average { after, .. } => {
+                after.is_empty() || after.iter().any(|a| a == strategy)
+            }
         }
     }
 }
@@ -405,6 +420,10 @@ impl Recipe {
                 if !stage_names.contains(b) {
                     return bad(format!("post: base `{b}` is not a stage name"));
                 }
+            }
+            let (Post::Reset { after, .. } | Post::Average { after, .. }) = p;
+            for a in after {
+                parse_strategy(a).map_err(|e| e.in_file(path, "post after: "))?;
             }
             match p {
                 Post::Reset {
