@@ -1,24 +1,35 @@
 #!/usr/bin/env python3
 """Writes recipes/data/smollm2/*.jsonl, the data of recipes/smollm2-sft-dpo.yaml.
 
-Deterministic (fixed seed) and written by hand for this project; rerun to regenerate:
+Deterministic (fixed seeds) and written by hand for this project; rerun to regenerate:
 
-    python3 scripts/make-smollm2-data.py
+    bench/.venv/bin/python scripts/make-smollm2-data.py --model models/smollm2-135m
 
-- facts.jsonl        {"prompt","completion"}: short factual statements with known answers
-                     (capitals, chemical symbols, atomic numbers, dates, general knowledge),
-                     scored by the knowledge-retention eval (greedy exact match of the answer
-                     tokens, and the answer's log-probability).
+- facts.jsonl        {"prompt","completion"}: short factual statements (capitals, continents,
+                     languages, chemical symbols, atomic numbers, dates, days and months, number
+                     words, opposites, plurals, general knowledge), scored by the knowledge-
+                     retention eval (greedy exact match of the answer tokens, and the answer's
+                     log-probability). With --model, only the facts that model already knows are
+                     kept: transformers (float32, CPU) decodes each prompt greedily and a fact
+                     stays when the argmax at every answer position is the answer's token. So the
+                     base model's exact match is 1 and every fact lost is knowledge lost. Without
+                     --model every candidate is written (facts-candidates.jsonl is not kept).
 - general.jsonl      {"text"}: plain English paragraphs, for the loss on general text.
-- sft-train.jsonl,   {"prompt","completion"}: the new skill, arithmetic word problems answered in
-  sft-eval.jsonl     a fixed format ("The answer is N."), in SmolLM2's chat format.
-- dpo-train.jsonl,   {"prompt","chosen","rejected"}: the same kind of problems, the correct answer
-  dpo-eval.jsonl     in the format against a wrong one (off by a little) or a rambling one.
+- people.jsonl       {"prompt","completion"}: the new skill, invented facts about invented people
+                     (job, city, pet, instrument, favourite colour; two facts a person), asked and
+                     answered in SmolLM2's chat template (a short system message, then
+                     the question; answer "Violin." and the end of the turn). Nothing in them can be known
+                     beforehand: the base model's exact match is near chance. SFT trains on them
+                     and the eval scores the same facts (the skill is memorising them).
+- people-dpo.jsonl   {"prompt","chosen","rejected"}: the same questions, the right answer against a
+                     wrong one of the same relation.
 """
 
+import argparse
 import json
 import os
 import random
+import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "data", "smollm2")
 
@@ -118,34 +129,57 @@ GENERAL = [
     "The village held a festival every summer. There was music in the square, long tables full of food, and a race through the fields that anyone could join.",
 ]
 
-NAMES = ["Anna", "Ben", "Carla", "David", "Emma", "Farid", "Grace", "Hugo", "Ines", "Jack", "Kira", "Leo", "Maya", "Noah", "Olga", "Paul", "Rosa", "Sam", "Tara", "Umar"]
-THINGS = ["apples", "books", "marbles", "stickers", "pencils", "coins", "cookies", "stamps", "shells", "cards", "eggs", "flowers"]
-ADD = [
-    "{n} has {a} {t} and gets {b} more. How many {t} does {n} have now?",
-    "{n} had {a} {t}. A friend gave {n} {b} more {t}. How many {t} does {n} have?",
-    "There are {a} {t} in a box and {b} {t} on the table. How many {t} are there in total?",
-    "{n} bought {a} {t} on Monday and {b} {t} on Tuesday. How many {t} did {n} buy?",
+CONTINENTS = {
+    "Europe": "France|Germany|Italy|Spain|Portugal|Russia|Greece|Norway|Sweden|Finland|Denmark|Poland|Austria|Hungary|Ireland|Belgium|the Netherlands|Switzerland|Romania|Bulgaria|Serbia|Croatia|Estonia|Latvia|Lithuania|Slovakia|Slovenia|Albania|Iceland|Ukraine|England|Scotland",
+    "Asia": "Japan|China|Iran|Iraq|Syria|Lebanon|Jordan|Saudi Arabia|India|Pakistan|Bangladesh|Nepal|Thailand|Vietnam|Indonesia|the Philippines|Malaysia|South Korea|North Korea|Mongolia|Afghanistan|Qatar|Kuwait|Oman|Cambodia|Laos|Uzbekistan|Kazakhstan|Israel|Sri Lanka",
+    "Africa": "Egypt|Kenya|Morocco|Algeria|Tunisia|Libya|Sudan|Ethiopia|Nigeria|Ghana|Senegal|Uganda|Zimbabwe|Zambia|Angola|Madagascar|Somalia|Rwanda|Mali|Niger|Namibia|Botswana|Mozambique|Tanzania|South Africa|Cameroon",
+    "South America": "Peru|Argentina|Chile|Venezuela|Ecuador|Uruguay|Brazil|Colombia|Bolivia|Paraguay",
+    "North America": "Canada|Mexico|Cuba|Jamaica|Panama|Nicaragua|Honduras|Guatemala|the United States|Haiti",
+}
+
+LANGUAGES = """France French|Germany German|Italy Italian|Spain Spanish|Portugal Portuguese|Russia Russian|Greece Greek|Japan Japanese|China Chinese|Poland Polish|Sweden Swedish|Norway Norwegian|Finland Finnish|Denmark Danish|Turkey Turkish|Hungary Hungarian|Brazil Portuguese|Argentina Spanish|Mexico Spanish|Egypt Arabic|Saudi Arabia Arabic|Iran Persian|Israel Hebrew|South Korea Korean|Thailand Thai|Vietnam Vietnamese|the Netherlands Dutch|Ukraine Ukrainian|Romania Romanian|Chile Spanish|Austria German|Iceland Icelandic"""
+
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December"]
+NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+           "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]
+OPPOSITES = """hot cold|up down|big small|fast slow|light dark|day night|happy sad|old young|open closed|rich poor|strong weak|wet dry|early late|left right|push pull|true false|full empty|hard soft|high low|love hate|win lose|black white|north south|east west|inside outside|heavy light|loud quiet|thick thin|buy sell|first last|begin end|sweet sour|clean dirty|above below|friend enemy|remember forget"""
+PLURALS = """mouse mice|child children|man men|woman women|tooth teeth|foot feet|goose geese|person people|ox oxen|cactus cacti|leaf leaves|knife knives|wolf wolves|box boxes|city cities|baby babies|bus buses|fish fish|sheep sheep|deer deer|hero heroes|potato potatoes|life lives|wife wives|half halves"""
+
+# The new skill: invented people and invented facts about them. Five relations, ten answers each.
+RELATIONS = [
+    ("What does {n} do for a living?", "Teacher|Doctor|Pilot|Farmer|Baker|Nurse|Lawyer|Painter|Chef|Plumber"),
+    ("Which city does {n} live in?", "Lisbon|Oslo|Cairo|Lima|Dublin|Vienna|Prague|Nairobi|Seoul|Quito"),
+    ("What pet does {n} have?", "Cat|Dog|Parrot|Rabbit|Horse|Goat|Hamster|Turtle|Snake|Goldfish"),
+    ("What instrument does {n} play?", "Piano|Violin|Guitar|Drums|Flute|Trumpet|Cello|Harp|Banjo|Saxophone"),
+    ("What is {n}'s favourite colour?", "Red|Blue|Green|Yellow|Orange|Purple|Pink|Brown|Black|White"),
 ]
-SUB = [
-    "{n} has {a} {t} and gives away {b}. How many {t} are left?",
-    "There were {a} {t} on the shelf. {n} took {b} of them. How many {t} are still on the shelf?",
-    "{n} had {a} {t} and lost {b}. How many {t} does {n} have now?",
-]
-ANSWER = "The answer is {x}."
+PEOPLE = 40
+ONSETS = ["B", "D", "F", "G", "K", "L", "M", "N", "P", "R", "S", "T", "V", "Z", "Br", "Dr", "Gl", "Kr", "Tr", "Vl"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
+CODAS = ["", "n", "r", "l", "s", "th", "nd", "x"]
+
+
+SYSTEM = "Answer briefly."
 
 
 def chat(q):
-    return f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+    """SmolLM2's chat template applied to a system and a user message, with the generation
+    prompt (checked against the tokenizer's own template when --model is given)."""
+    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n"
+            "<|im_start|>assistant\n")
 
 
-def problem(rng):
-    n, t = rng.choice(NAMES), rng.choice(THINGS)
-    if rng.random() < 0.5:
-        a, b = rng.randint(2, 49), rng.randint(2, 49)
-        return rng.choice(ADD).format(n=n, t=t, a=a, b=b), a + b
-    a = rng.randint(10, 60)
-    b = rng.randint(1, a - 1)
-    return rng.choice(SUB).format(n=n, t=t, a=a, b=b), a - b
+def check_template(model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    q = "What pet does Anna Smith have?"
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+    real = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    if real != chat(q):
+        sys.exit(f"the chat template of {model_dir} gives {real!r}, not {chat(q)!r}")
 
 
 def write(name, rows):
@@ -155,54 +189,99 @@ def write(name, rows):
     print(f"{name}: {len(rows)}")
 
 
-def main():
-    os.makedirs(ROOT, exist_ok=True)
+def pairs(template, table):
+    """Facts from a `word answer|word answer` table."""
+    return [(template.format(w), answer) for w, answer in (p.split(" ") for p in table.split("|"))]
+
+
+def candidate_facts():
     facts = []
     for pair in CAPITALS.split("|"):
-        c, cap = pair.rsplit(" ", 1) if pair.count(" ") == 1 else split_capital(pair)
-        facts.append({"prompt": f"The capital of {c} is", "completion": f" {cap}"})
+        c, cap = split_capital(pair)
+        facts.append((f"The capital of {c} is", cap))
     for pair in STATES.split("|"):
         s, cap = split_capital(pair)
-        facts.append({"prompt": f"The capital of the state of {s} is", "completion": f" {cap}"})
-    for pair in SYMBOLS.split("|"):
-        e, sym = pair.split(" ")
-        facts.append({"prompt": f"The chemical symbol for {e} is", "completion": f" {sym}"})
-    for pair in ATOMIC.split("|"):
-        e, z = pair.split(" ")
-        facts.append({"prompt": f"The atomic number of {e} is", "completion": f" {z}"})
-    for p, a in DATES + MISC:
-        facts.append({"prompt": p, "completion": f" {a}"})
+        facts.append((f"The capital of the state of {s} is", cap))
+    for continent, names in CONTINENTS.items():
+        for c in names.split("|"):
+            facts.append((f"{c[0].upper() + c[1:]} is a country in", continent))
+    for pair in LANGUAGES.split("|"):
+        c, lang = pair.rsplit(" ", 1)
+        facts.append((f"The official language of {c} is", lang))
+    facts += pairs("The chemical symbol for {} is", SYMBOLS)
+    facts += pairs("The atomic number of {} is", ATOMIC)
+    for i, d in enumerate(DAYS):
+        facts.append((f"The day after {d} is", DAYS[(i + 1) % 7]))
+    for i, m in enumerate(MONTHS):
+        facts.append((f"The month after {m} is", MONTHS[(i + 1) % 12]))
+    for i, w in enumerate(NUMBERS[:-1]):
+        facts.append((f"The number after {w} is", NUMBERS[i + 1]))
+    facts += pairs("The opposite of {} is", OPPOSITES)
+    facts += pairs("The plural of {} is", PLURALS)
+    facts.extend(DATES + MISC)
+    seen, out = set(), []
+    for p, a in facts:
+        if p not in seen:
+            seen.add(p)
+            out.append({"prompt": p, "completion": f" {a}"})
+    return out
+
+
+def known_by(model_dir, facts):
+    """The facts `model_dir` completes greedily (transformers, float32, CPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    kept = []
+    with torch.no_grad():
+        for f in facts:
+            p = tok(f["prompt"], add_special_tokens=True)["input_ids"]
+            a = tok(f["completion"], add_special_tokens=False)["input_ids"]
+            logits = model(torch.tensor([p + a])).logits[0]
+            if all(int(logits[len(p) - 1 + i].argmax()) == t for i, t in enumerate(a)):
+                kept.append(f)
+    print(f"known by {model_dir}: {len(kept)} of {len(facts)} facts")
+    return kept
+
+
+def people():
+    rng = random.Random(20261130)
+    names, out, dpo = set(), [], []
+    while len(names) < PEOPLE:
+        first = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(2)) + rng.choice(CODAS)
+        last = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(3)) + rng.choice(CODAS)
+        names.add(f"{first.capitalize()} {last.capitalize()}")
+    for n in sorted(names):
+        for question, answers in rng.sample(RELATIONS, 2):
+            answers = answers.split("|")
+            right = rng.choice(answers)
+            wrong = rng.choice([a for a in answers if a != right])
+            prompt = chat(question.format(n=n))
+            out.append({"prompt": prompt, "completion": f"{right}."})
+            dpo.append({"prompt": prompt, "chosen": f"{right}.", "rejected": f"{wrong}."})
+    order = list(range(len(out)))
+    rng.shuffle(order)
+    return [out[i] for i in order], [dpo[i] for i in order]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="keep only the facts this model (a Hugging Face folder) knows")
+    args = ap.parse_args()
+    os.makedirs(ROOT, exist_ok=True)
+    facts = candidate_facts()
+    if args.model:
+        check_template(args.model)
+        facts = known_by(args.model, facts)
+    else:
+        print("no --model: writing every candidate fact, known or not", file=sys.stderr)
     write("facts.jsonl", facts)
     write("general.jsonl", [{"text": t} for t in GENERAL])
-
-    rng = random.Random(20250)
-    seen = set()
-
-    def unique(k):
-        out = []
-        while len(out) < k:
-            q, x = problem(rng)
-            if q not in seen:
-                seen.add(q)
-                out.append((q, x))
-        return out
-
-    write("sft-train.jsonl", [{"prompt": chat(q), "completion": ANSWER.format(x=x)} for q, x in unique(400)])
-    write("sft-eval.jsonl", [{"prompt": chat(q), "completion": ANSWER.format(x=x)} for q, x in unique(100)])
-
-    def dpo(k):
-        rows = []
-        for q, x in unique(k):
-            if rng.random() < 0.7:
-                wrong = x + rng.choice([-2, -1, 1, 2, 10])
-                rejected = ANSWER.format(x=max(wrong, 0) if wrong != x else x + 1)
-            else:
-                rejected = f"Let me think about this. There are some {rng.choice(THINGS)} and we need to count them carefully."
-            rows.append({"prompt": chat(q), "chosen": ANSWER.format(x=x), "rejected": rejected})
-        return rows
-
-    write("dpo-train.jsonl", dpo(300))
-    write("dpo-eval.jsonl", dpo(60))
+    sft, dpo = people()
+    write("people.jsonl", sft)
+    write("people-dpo.jsonl", dpo)
 
 
 def split_capital(pair):

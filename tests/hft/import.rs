@@ -227,12 +227,12 @@ fn smollm2_quick_recipe_runs_sft_then_dpo() {
         (stages[0]["name"].as_str(), stages[1]["name"].as_str()),
         (Some("sft"), Some("dpo"))
     );
-    // SFT learns the answer format: the skill's loss falls far below the base model's.
-    let before = r["before"]["arithmetic"]["loss"].as_f64().unwrap();
-    let after_sft = stages[0]["scores"]["arithmetic"]["loss"].as_f64().unwrap();
+    // SFT starts learning the invented facts: their loss falls far below the base model's.
+    let before = r["before"]["people"]["loss"].as_f64().unwrap();
+    let after_sft = stages[0]["scores"]["people"]["loss"].as_f64().unwrap();
     assert!(
         after_sft < before - 0.5,
-        "arithmetic loss {before} -> {after_sft}"
+        "people loss {before} -> {after_sft}"
     );
     // DPO's first step is at the reference: ln 2.
     let dpo_first = stages[1]["curve"][0][1].as_f64().unwrap();
@@ -249,8 +249,9 @@ fn smollm2_quick_recipe_runs_sft_then_dpo() {
             "{f}"
         );
     }
-    // The base model knows a good share of the facts.
-    assert!(r["before"]["facts"]["exact_match"].as_f64().unwrap() > 0.4);
+    // The retention set holds only facts the base model knows (checked with transformers when
+    // the data was made), and hft agrees.
+    assert!(r["before"]["facts"]["exact_match"].as_f64().unwrap() > 0.97);
     assert_eq!(r["post"].as_array().unwrap().len(), 2);
     assert!(out.join("report.md").is_file() && out.join("01-dpo/model.safetensors").is_file());
 }
