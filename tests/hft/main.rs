@@ -7,6 +7,8 @@
 
 mod adversarial;
 mod architecture;
+#[cfg(feature = "train")]
+mod baselines;
 mod common;
 mod defaults;
 #[cfg(feature = "train")]
