@@ -11,8 +11,9 @@ use hft::io::Checkpoint;
 use hft::progress::Level;
 use hft::progress::Sink;
 use hft::surgery::average::Linear;
+use hft::surgery::gta::{self, Gta};
 use hft::surgery::merge::{Method, Params};
-use hft::surgery::mergekit;
+use hft::surgery::mergekit::{self, Definitions};
 
 use super::output::{execute, summary};
 use super::output::{numbers, OutputArgs};
@@ -29,7 +30,8 @@ use super::{choice, open};
     hft merge --method ties --base base/ m1/ m2/ m3/ --density 0.2 -o out/\n  \
     hft merge --method dare --base base/ m1/ m2/ --drop 0.9 --seed 1 -o out/\n  \
     hft merge --method select base/ tuned/ --probs 0.5,0.5 --seed 7 -o half/   # element half-reset\n  \
-    hft merge --config mergekit.yml -o out/            # a mergekit config (docs/surgery.md)")]
+    hft merge --config mergekit.yml -o out/            # a mergekit config (docs/surgery.md)\n  \
+    hft merge --method ties --definitions mergekit --base base/ m1/ m2/ -o out/")]
 pub struct MergeArgs {
     /// The merge method.
     #[arg(long, value_parser = choice::<Method>(), required_unless_present = "config")]
@@ -62,6 +64,11 @@ pub struct MergeArgs {
     /// Seed of the random draws (dare, select).
     #[arg(long, default_value_t = defaults::SEED, value_name = "S")]
     pub seed: u64,
+    /// Whose definitions of task-arithmetic, ties and dare to follow: mergekit's (its working
+    /// dtype and rounding, exactly int(density·n) kept, DARE rescaled to the L1 norm; the
+    /// default with --config) or hft's (f32 rounded once; the default otherwise).
+    #[arg(long, value_parser = choice::<Definitions>(), value_name = "WHOSE")]
+    pub definitions: Option<Definitions>,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -81,6 +88,11 @@ pub fn run(a: &MergeArgs, sink: &dyn Sink) -> Result<String> {
         seed: a.seed,
     };
     let merge = method.build(a.models.len(), a.base.is_some(), &params)?;
+    let defs = a.definitions.unwrap_or(Definitions::Hft);
+    let mk = match defs {
+        Definitions::Hft => None,
+        Definitions::Mergekit => Some(as_mergekit(method, &params, a.models.len())?),
+    };
     let out = a.out.output()?;
     let base = a.base.as_ref().map(|p| open(p, sink)).transpose()?;
     let models = a
@@ -92,15 +104,40 @@ pub fn run(a: &MergeArgs, sink: &dyn Sink) -> Result<String> {
     debug_assert_eq!(merge.with_base, base.is_some());
     let mut p = used(method, &params, a.models.len());
     p["base"] = serde_json::json!(a.base.as_ref().map(|b| b.display().to_string()));
-    write(
-        a,
-        &inputs,
-        merge.primary,
-        merge.combine.as_ref(),
-        &out,
-        p,
-        sink,
-    )
+    p["definitions"] = serde_json::json!(defs.as_str());
+    let combine: &dyn hft::surgery::Combine = match &mk {
+        Some(g) => g,
+        None => merge.combine.as_ref(),
+    };
+    write(a, &inputs, merge.primary, combine, &out, p, sink)
+}
+
+/// `method` with `params` as mergekit defines it (task-arithmetic, ties, dare).
+fn as_mergekit(method: Method, params: &Params, n: usize) -> Result<Gta> {
+    let (name, density) = match method {
+        Method::TaskArithmetic => ("task_arithmetic", 1.0),
+        Method::Ties => ("ties", params.density.unwrap_or(defaults::DENSITY)),
+        Method::Dare => ("dare_linear", 1.0 - params.drop.unwrap_or(defaults::DROP)),
+        Method::Select => {
+            return Err(hft::Error::usage(
+                "--definitions mergekit applies to task-arithmetic, ties and dare (select is hft's own)",
+            ))
+        }
+    };
+    let (sparsify, consensus, normalize, rescale) = gta::defaults(name).expect("a mergekit method");
+    let g = Gta {
+        weights: params.weights.clone().unwrap_or(vec![1.0; n]),
+        densities: vec![density; n],
+        sparsify,
+        consensus,
+        normalize,
+        rescale,
+        lambda: params.lambda.unwrap_or(defaults::LAMBDA),
+        seed: params.seed,
+        dtype: None,
+    };
+    g.check()?;
+    Ok(g)
 }
 
 /// The values `method` used, defaults filled in; those it ignores are left out.
@@ -147,7 +184,8 @@ fn write(
 /// `hft merge --config mergekit.yml`: the config's models, method and values, hft's
 /// definitions (see `hft::surgery::mergekit`).
 fn from_config(a: &MergeArgs, path: &std::path::Path, sink: &dyn Sink) -> Result<String> {
-    let cfg = mergekit::read(path)?;
+    let defs = a.definitions.unwrap_or(Definitions::Mergekit);
+    let cfg = mergekit::read(path, defs)?;
     for n in &cfg.notes {
         sink.say(Level::Note, &format!("{}: {n}", path.display()));
     }
@@ -163,12 +201,14 @@ fn from_config(a: &MergeArgs, path: &std::path::Path, sink: &dyn Sink) -> Result
         .map(|p| open(p, sink))
         .collect::<Result<Vec<_>>>()?;
     let config = serde_json::json!(path.display().to_string());
+    let defs_name = serde_json::json!(defs.as_str());
     match &cfg.job {
         mergekit::Job::Linear { weights, normalize } => {
             let linear = Linear::new(weights.clone(), *normalize)?;
             let inputs: Vec<&Checkpoint> = models.iter().collect();
             let p = serde_json::json!({"method": "linear", "weights": weights,
-                                       "normalize": normalize, "config": config});
+                                       "normalize": normalize, "config": config,
+                                       "definitions": defs_name});
             write(a, &inputs, 0, &linear, &out, p, sink)
         }
         mergekit::Job::Merge { method, params } => {
@@ -176,6 +216,7 @@ fn from_config(a: &MergeArgs, path: &std::path::Path, sink: &dyn Sink) -> Result
             let inputs: Vec<&Checkpoint> = base.iter().chain(models.iter()).collect();
             let mut p = used(*method, params, models.len());
             p["config"] = config;
+            p["definitions"] = defs_name;
             write(
                 a,
                 &inputs,
@@ -185,6 +226,17 @@ fn from_config(a: &MergeArgs, path: &std::path::Path, sink: &dyn Sink) -> Result
                 p,
                 sink,
             )
+        }
+        mergekit::Job::Mergekit(g) => {
+            let mut g = g.clone();
+            g.seed = a.seed;
+            g.check()?;
+            let inputs: Vec<&Checkpoint> = base.iter().chain(models.iter()).collect();
+            let p = serde_json::json!({"method": cfg.method, "weights": g.weights,
+                "densities": g.densities, "normalize": g.normalize, "rescale": g.rescale,
+                "lambda": g.lambda, "seed": g.seed, "config": config, "definitions": defs_name,
+                "dtype": g.dtype.map(hft::io::dtype::name)});
+            write(a, &inputs, 1, &g, &out, p, sink)
         }
     }
 }

@@ -1,33 +1,36 @@
 //! mergekit configurations (`mergekit-yaml config.yml`) read for the methods hft has, so a
 //! user can bring the config they already have to `hft merge --config`.
 //!
-//! What is read, and how it maps (mergekit's defaults, from its `merge_methods/registry.py`
-//! and `generalized_task_arithmetic.py`):
+//! Two sets of definitions ([`Definitions`]). mergekit's (the default for a config): the
+//! methods `task_arithmetic`, `ties`, `dare_linear` and `dare_ties` run as mergekit runs them
+//! ([`super::gta`]: its working dtype, its rounding, exactly `max(1, int(density · n))` entries
+//! kept, DARE rescaled to the tensor's L1 norm, per-model densities), so outputs agree with
+//! mergekit's except where torch leaves the choice open (which of equal magnitudes TIES keeps,
+//! which entries DARE's random draw drops). hft's: the same configs mapped onto hft's own
+//! methods (f32 arithmetic rounded once; TIES keeps every entry tied at its threshold; DARE
+//! rescales by 1/density), with one density for all models and no `dare_ties`.
 //!
-//! | `merge_method` | hft | normalize default |
+//! | `merge_method` | normalize default | rescale default |
 //! |---|---|---|
-//! | `linear` | weighted average, `Σ wᵢ Mᵢ` (divided by `Σ wᵢ` when normalising) | true |
-//! | `task_arithmetic` | `task-arithmetic`: `BASE + λ Σ wᵢ dᵢ` | false |
-//! | `ties` | `ties` with the models' common `density` | true (required) |
-//! | `dare_linear` | `dare` with drop rate `1 − density`, rescaled | false |
+//! | `linear` (weighted average, `Σ wᵢ Mᵢ`, divided by `Σ wᵢ` when normalising) | true | - |
+//! | `task_arithmetic` (`BASE + λ Σ wᵢ dᵢ`) | false | - |
+//! | `ties` | true | false |
+//! | `dare_linear` | false | true |
+//! | `dare_ties` | false | true |
 //!
 //! Per-model `weight` and `density` may also come from the top-level `parameters`. As in
-//! mergekit, the base model listed among `models` adds no task vector. Refused by name: other
-//! methods (`dare_ties` among them), `slices`/`modules` (layer-range merges), gradients and
-//! filters as parameter values (hft's per-layer and per-category weights are `hft average
-//! --config`), per-model densities that differ, LoRA references (`model+lora`), tokenizer
-//! merging, and `rescale: false` for DARE. Ignored with a note: `int8_mask`, `chat_template`,
+//! mergekit, the base model listed among `models` adds no task vector; `dtype` is the working
+//! dtype and `out_dtype` (else `dtype`) the stored one. Refused by name: other methods,
+//! `slices`/`modules` (layer-range merges), gradients and filters as parameter values (hft's
+//! per-layer and per-category weights are `hft average --config`), LoRA references
+//! (`model+lora`) and tokenizer merging. Ignored with a note: `int8_mask`, `chat_template`,
 //! `tokenizer_source: base`.
-//!
-//! The results follow hft's definitions, which differ from mergekit's in two documented ways:
-//! TIES keeps `round(density · n)` entries plus every tie at the threshold (mergekit keeps
-//! `int(density · n)` by its sort), and DARE draws with hft's counter-based hash, not torch's
-//! generator, so the same config gives a different (equally distributed) drop pattern.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::gta::{self, Gta};
 use super::merge::{Method, Params};
 use crate::error::{Error, Result};
 use crate::io::DType;
@@ -35,6 +38,8 @@ use crate::io::DType;
 /// What a mergekit config asks for, in hft's terms.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// `merge_method` as the config names it.
+    pub method: String,
     /// The models to combine (the base excluded for the task-vector methods).
     pub models: Vec<PathBuf>,
     pub base: Option<PathBuf>,
@@ -49,8 +54,10 @@ pub struct Config {
 pub enum Job {
     /// `linear`: a weighted average.
     Linear { weights: Vec<f64>, normalize: bool },
-    /// A task-vector method over `base`.
+    /// A task-vector method over `base`, hft's definitions.
     Merge { method: Method, params: Params },
+    /// A task-vector method over `base`, mergekit's definitions.
+    Mergekit(Gta),
 }
 
 const KNOWN: &[&str] = &[
@@ -67,16 +74,28 @@ const KNOWN: &[&str] = &[
     "chat_template",
 ];
 
-/// Reads and maps a mergekit config; model paths are taken as given (relative to the current
-/// directory, as mergekit takes them).
-pub fn read(path: &Path) -> Result<Config> {
+crate::choice! {
+    /// Whose definitions of the task-vector merges a merge follows.
+    pub enum Definitions {
+        /// mergekit's: its working dtype and rounding, exactly int(density·n) entries kept by
+        /// TIES, DARE rescaled to the L1 norm, dare_ties (see docs/surgery.md).
+        Mergekit = "mergekit",
+        /// hft's: f32 arithmetic rounded once, every entry tied at the TIES threshold kept,
+        /// DARE rescaled by 1/(1 - drop).
+        Hft = "hft",
+    }
+}
+
+/// Reads and maps a mergekit config under `defs`; model paths are taken as given (relative to
+/// the current directory, as mergekit takes them).
+pub fn read(path: &Path, defs: Definitions) -> Result<Config> {
     let text = crate::io::input::read_text(path, crate::io::input::SMALL)?;
     let v: Value = serde_saphyr::from_str(&text)
         .map_err(|e| Error::yaml(path, "not a mergekit config: ", &e))?;
-    parse(&v).map_err(|msg| Error::input(path, msg))
+    parse(&v, defs).map_err(|msg| Error::input(path, msg))
 }
 
-fn parse(v: &Value) -> std::result::Result<Config, String> {
+fn parse(v: &Value, defs: Definitions) -> std::result::Result<Config, String> {
     let top = v
         .as_object()
         .ok_or("expected a mapping of mergekit settings")?;
@@ -180,24 +199,43 @@ fn parse(v: &Value) -> std::result::Result<Config, String> {
         let d = densities[0];
         if densities.iter().any(|x| *x != d) {
             return Err(format!(
-                "densities differ between models ({densities:?}); hft applies one density to every model"
+                "densities differ between models ({densities:?}); hft's definitions apply one density to every model (mergekit's take one per model)"
             ));
         }
         Ok(d)
     };
-    let job = match method_name {
-        "linear" => Job::Linear {
+    let work_dtype = dtype_of(top.get("dtype"))?;
+    let job = match (method_name, defs) {
+        ("linear", _) => Job::Linear {
             weights: need_weights()?,
             normalize: flag("normalize", true)?,
         },
-        "task_arithmetic" | "ties" | "dare_linear" => {
+        (name, Definitions::Mergekit) if gta::defaults(name).is_some() => {
+            if base.is_none() {
+                return Err(format!("`{name}` needs `base_model`"));
+            }
+            let (sparsify, consensus, normalize, rescale) =
+                gta::defaults(name).expect("checked above");
+            Job::Mergekit(Gta {
+                weights: need_weights()?,
+                densities: densities.clone(),
+                sparsify,
+                consensus,
+                normalize: flag("normalize", normalize)?,
+                rescale: flag("rescale", rescale)?,
+                lambda: lambda.unwrap_or(1.0),
+                seed: 0,
+                dtype: work_dtype,
+            })
+        }
+        ("task_arithmetic" | "ties" | "dare_linear", Definitions::Hft) => {
             if base.is_none() {
                 return Err(format!("`{method_name}` needs `base_model`"));
             }
             let mut w = need_weights()?;
             let normalize_default = method_name == "ties";
             if flag("normalize", normalize_default)? != normalize_default && method_name == "ties" {
-                return Err("`ties` with `normalize: false` is not hft's TIES (a disjoint mean)".into());
+                return Err("`ties` with `normalize: false` is not hft's TIES (a disjoint mean); mergekit's definitions have it".into());
             }
             if method_name != "ties" && flag("normalize", false)? {
                 let sum: f64 = w.iter().sum();
@@ -227,14 +265,30 @@ fn parse(v: &Value) -> std::result::Result<Config, String> {
             };
             Job::Merge { method, params }
         }
-        "dare_ties" => return Err("`dare_ties` is not in hft (it has `ties` and `dare_linear`)".into()),
-        other => {
+        ("dare_ties", Definitions::Hft) => return Err("`dare_ties` has mergekit's definitions only (drop `--definitions hft`)".into()),
+        (other, _) => {
             return Err(format!(
-                "`merge_method: {other}` is not in hft; it reads linear, task_arithmetic, ties and dare_linear"
+                "`merge_method: {other}` is not in hft; it reads linear, task_arithmetic, ties, dare_linear and dare_ties"
             ))
         }
     };
-    let dtype = match top.get("out_dtype").or(top.get("dtype")) {
+    let dtype = match top.get("out_dtype") {
+        Some(v) => dtype_of(Some(v))?,
+        None => work_dtype,
+    };
+    Ok(Config {
+        method: method_name.to_string(),
+        models,
+        base,
+        job,
+        dtype,
+        notes,
+    })
+}
+
+/// A mergekit dtype name.
+fn dtype_of(v: Option<&Value>) -> std::result::Result<Option<DType>, String> {
+    Ok(match v {
         None => None,
         Some(Value::String(s)) => Some(match s.as_str() {
             "bfloat16" | "bf16" => DType::BF16,
@@ -247,13 +301,6 @@ fn parse(v: &Value) -> std::result::Result<Config, String> {
             }
         }),
         Some(other) => return Err(format!("dtype {other}: expected a name such as bfloat16")),
-    };
-    Ok(Config {
-        models,
-        base,
-        job,
-        dtype,
-        notes,
     })
 }
 
@@ -295,7 +342,56 @@ mod tests {
     use super::*;
 
     fn cfg(yaml: &str) -> std::result::Result<Config, String> {
-        parse(&serde_saphyr::from_str::<Value>(yaml).unwrap())
+        parse(
+            &serde_saphyr::from_str::<Value>(yaml).unwrap(),
+            Definitions::Hft,
+        )
+    }
+
+    fn mk(yaml: &str) -> std::result::Result<Config, String> {
+        parse(
+            &serde_saphyr::from_str::<Value>(yaml).unwrap(),
+            Definitions::Mergekit,
+        )
+    }
+
+    #[test]
+    fn mergekits_definitions_take_its_defaults_and_per_model_densities() {
+        let c = mk("merge_method: dare_ties\nbase_model: b\nmodels:\n  - model: b\n  - model: m1\n    parameters: {weight: 0.7, density: 0.3}\n  - model: m2\n    parameters: {weight: 0.3, density: 0.6}\nparameters: {lambda: 0.8}\ndtype: float32\nout_dtype: bfloat16\n").unwrap();
+        assert_eq!(c.models, [PathBuf::from("m1"), PathBuf::from("m2")]);
+        assert_eq!(c.dtype, Some(DType::BF16));
+        let Job::Mergekit(g) = c.job else { panic!() };
+        assert_eq!(g.densities, [0.3, 0.6]);
+        assert_eq!(g.weights, [0.7, 0.3]);
+        assert_eq!((g.sparsify, g.consensus), (gta::Sparsify::Random, true));
+        assert_eq!((g.normalize, g.rescale, g.lambda), (false, true, 0.8));
+        assert_eq!(g.dtype, Some(DType::F32));
+        // ties: normalised by default, `normalize: false` taken as given; no density keeps all.
+        let c = mk("merge_method: ties\nbase_model: b\nmodels: [{model: m, parameters: {weight: 1}}]\nparameters: {normalize: false}\n").unwrap();
+        let Job::Mergekit(g) = c.job else { panic!() };
+        assert_eq!(
+            (g.sparsify, g.normalize, g.densities.clone()),
+            (gta::Sparsify::Magnitude, false, vec![1.0])
+        );
+        assert_eq!(g.dtype, None);
+        let c = mk("merge_method: task_arithmetic\nbase_model: b\nmodels: [{model: m, parameters: {weight: 2}}]\n").unwrap();
+        let Job::Mergekit(g) = c.job else { panic!() };
+        assert_eq!(
+            (g.sparsify, g.normalize, g.rescale),
+            (gta::Sparsify::None, false, false)
+        );
+        // linear is the same average under both definitions.
+        assert!(matches!(
+            mk("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\n")
+                .unwrap()
+                .job,
+            Job::Linear { .. }
+        ));
+        assert!(
+            mk("merge_method: ties\nmodels: [{model: m, parameters: {weight: 1}}]\n")
+                .unwrap_err()
+                .contains("base_model")
+        );
     }
 
     #[test]

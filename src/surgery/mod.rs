@@ -14,6 +14,7 @@
 //! bytes, which keeps them exact in every dtype.
 
 pub mod average;
+pub mod gta;
 pub mod merge;
 pub mod mergekit;
 mod radix;
@@ -84,6 +85,17 @@ pub struct TensorView<'a> {
 impl TensorView<'_> {
     pub fn n_inputs(&self) -> usize {
         self.inputs.len()
+    }
+
+    /// The dtype input `i` stores this tensor in.
+    pub fn dtype(&self, i: usize) -> DType {
+        self.inputs[i].1.dtype
+    }
+
+    /// Elements `start..end` of every input, decoded to f32 into `bufs` (one per input, each
+    /// at least `end - start` long): for a method that must look again at one stretch.
+    pub fn decode(&self, start: usize, end: usize, bufs: &mut [Vec<f32>]) {
+        decode_inputs(&self.inputs, start, end, bufs);
     }
 
     /// A parallel fold over the tensor's elements, decoded chunk by chunk:
@@ -516,5 +528,7 @@ pub fn normalize(weights: &[f64], field: &str) -> Result<Vec<f64>> {
     Ok(weights.iter().map(|w| w / sum).collect())
 }
 
+#[cfg(test)]
+mod gta_tests;
 #[cfg(test)]
 mod tests;

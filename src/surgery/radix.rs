@@ -21,6 +21,21 @@ pub fn abs_bits(x: f32) -> u32 {
 /// `ks[s]`-th largest magnitude: keeping the entries with `abs_bits(d) >= T` keeps the top `k`
 /// (plus any entries tied with the k-th). `None` when `k == 0` (keep nothing).
 pub fn delta_thresholds(view: &TensorView, ks: &[u64]) -> Vec<Option<u32>> {
+    thresholds_by(view, ks, &|x, b| x - b)
+        .into_iter()
+        .map(|t| t.map(|(bits, _)| bits))
+        .collect()
+}
+
+/// As [`delta_thresholds`] with the task vector's entries given by `delta(x, base)` (mergekit
+/// ranks the difference rounded to its working dtype), and with each threshold the number of
+/// entries equal to it that the top `k` holds: the entries strictly above it plus that many
+/// tied ones are exactly `k` (for `k` at most the tensor's size).
+pub fn thresholds_by(
+    view: &TensorView,
+    ks: &[u64],
+    delta: &(dyn Fn(f32, f32) -> f32 + Sync),
+) -> Vec<Option<(u32, u64)>> {
     let m = ks.len();
     let hist = |select: &(dyn Fn(usize, u32) -> Option<usize> + Sync)| -> Vec<u64> {
         view.fold_chunks(
@@ -32,7 +47,7 @@ pub fn delta_thresholds(view: &TensorView, ks: &[u64]) -> Vec<Option<u32>> {
                         continue;
                     }
                     for (x, b) in ins[s + 1].iter().zip(ins[0]) {
-                        if let Some(bin) = select(s, abs_bits(x - b)) {
+                        if let Some(bin) = select(s, abs_bits(delta(*x, *b))) {
                             hs[bin] += 1;
                         }
                     }
@@ -71,8 +86,8 @@ pub fn delta_thresholds(view: &TensorView, ks: &[u64]) -> Vec<Option<u32>> {
                 return None;
             }
             let (hi, rank) = his[s];
-            let (lo, _) = locate(&lo_hist[s * BINS..(s + 1) * BINS], rank);
-            Some(((hi as u32) << 16) | lo as u32)
+            let (lo, ties) = locate(&lo_hist[s * BINS..(s + 1) * BINS], rank);
+            Some((((hi as u32) << 16) | lo as u32, ties))
         })
         .collect()
 }

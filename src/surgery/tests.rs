@@ -40,14 +40,19 @@ fn write_ck(
     Checkpoint::open(&path).unwrap()
 }
 
-fn values(ck: &Checkpoint, name: &str) -> Vec<f64> {
+pub(super) fn values(ck: &Checkpoint, name: &str) -> Vec<f64> {
     let t = ck.get(name).unwrap();
     let mut v = vec![0f64; t.numel()];
     dtype::decode_f64(t.dtype, ck.bytes(t), &mut v);
     v
 }
 
-fn run_to(dir: &Path, inputs: &[&Checkpoint], primary: usize, c: &dyn Combine) -> Checkpoint {
+pub(super) fn run_to(
+    dir: &Path,
+    inputs: &[&Checkpoint],
+    primary: usize,
+    c: &dyn Combine,
+) -> Checkpoint {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let k = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out = Output::new(dir.join(format!("out-{k}")));
@@ -67,7 +72,7 @@ fn dyadic(seed: u64, n: usize) -> Vec<f32> {
 }
 
 /// Three fine-tunes of one base: one big tensor and one small.
-fn models(dir: &Path) -> (Vec<Checkpoint>, Vec<(&'static str, usize)>) {
+pub(super) fn models(dir: &Path) -> (Vec<Checkpoint>, Vec<(&'static str, usize)>) {
     let shapes = [("big", BIG), ("small", 1000)];
     let cks = (0..4)
         .map(|m| {

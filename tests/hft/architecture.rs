@@ -366,6 +366,24 @@ fn files_stay_small() {
     assert!(bad.is_empty(), "files over 550 lines:\n{}", bad.join("\n"));
 }
 
+/// Committed fixtures stay small (under 5 MB in all): a clone stays light and nothing large
+/// slips in as test data.
+#[test]
+fn fixtures_stay_under_five_megabytes() {
+    fn size(p: &Path) -> u64 {
+        if p.is_dir() {
+            std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| size(&e.unwrap().path()))
+                .sum()
+        } else {
+            p.metadata().unwrap().len()
+        }
+    }
+    let total = size(&root().join("fixtures"));
+    assert!(total < 5_000_000, "fixtures/ holds {total} bytes");
+}
+
 /// The README is a front door; nothing links outside the repository.
 #[test]
 fn readme_is_short_and_links_stay_inside() {
