@@ -155,7 +155,9 @@ RELATIONS = [
     ("What instrument does {n} play?", "Piano|Violin|Guitar|Drums|Flute|Trumpet|Cello|Harp|Banjo|Saxophone"),
     ("What is {n}'s favourite colour?", "Red|Blue|Green|Yellow|Orange|Purple|Pink|Brown|Black|White"),
 ]
-PEOPLE = 40
+# 24 people, 48 facts: six passes in the recipe's 36 SFT steps of 8. With 80 facts in the same
+# budget full fine-tuning reached only 0.52-0.63 exact match.
+PEOPLE = 24
 ONSETS = ["B", "D", "F", "G", "K", "L", "M", "N", "P", "R", "S", "T", "V", "Z", "Br", "Dr", "Gl", "Kr", "Tr", "Vl"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ou"]
 CODAS = ["", "n", "r", "l", "s", "th", "nd", "x"]
