@@ -82,6 +82,101 @@ pub fn permute(key: u64, n: u64, i: u64) -> u64 {
     }
 }
 
+/// [`permute`] for one `(key, n)`, with its four round functions tabulated: the same
+/// bijection, four lookups in tables of `2^half` entries per index instead of four splitmix64
+/// calls. Up to `n = 2^32` (half ≤ 16) the tables take at most 512 KiB and stay in cache, which
+/// is what makes element masks run near memory speed; above that the rounds are computed.
+#[derive(Debug, Clone)]
+pub struct Permutation {
+    key: u64,
+    n: u64,
+    half: u32,
+    mask: u64,
+    /// Round `r`'s function at `x` is `rounds[(r << half) | x]`; empty when computed.
+    rounds: Vec<u16>,
+}
+
+impl Permutation {
+    pub fn new(key: u64, n: u64) -> Self {
+        let bits = (64 - (n.max(4) - 1).leading_zeros()).div_ceil(2) * 2;
+        let half = bits / 2;
+        let mask = (1u64 << half) - 1;
+        let rounds = if half <= 16 {
+            (0..4u64)
+                .flat_map(|round| {
+                    (0..=mask).map(move |r| (splitmix64(key ^ (round << 56) ^ r) & mask) as u16)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Permutation {
+            key,
+            n,
+            half,
+            mask,
+            rounds,
+        }
+    }
+
+    /// One pass of the Feistel network, without cycle walking.
+    #[inline(always)]
+    fn once(&self, x: u64) -> u64 {
+        let (half, mask) = (self.half, self.mask);
+        let (mut l, mut r) = (x >> half, x & mask);
+        if self.rounds.is_empty() {
+            for round in 0..4u64 {
+                let f = splitmix64(self.key ^ (round << 56) ^ r) & mask;
+                (l, r) = (r, l ^ f);
+            }
+        } else {
+            for round in 0..4usize {
+                let f = self.rounds[(round << half) | r as usize] as u64;
+                (l, r) = (r, l ^ f);
+            }
+        }
+        (l << half) | r
+    }
+
+    /// `permute(key, n, i)`.
+    #[inline]
+    pub fn apply(&self, i: u64) -> u64 {
+        debug_assert!(i < self.n);
+        let mut x = self.once(i);
+        while x >= self.n {
+            x = self.once(x);
+        }
+        x
+    }
+
+    /// `out[j] = self.apply(start + j)`. One pass with no branch over every index, then passes
+    /// over only those that left `0..n` (the cycle walk): the lookups of neighbouring indices
+    /// overlap in the CPU instead of each index waiting on its own chain and branch.
+    pub fn apply_range(&self, start: u64, out: &mut [u64]) {
+        const BATCH: usize = 1024;
+        let mut pending = [0u16; BATCH];
+        for (c, out) in out.chunks_mut(BATCH).enumerate() {
+            let base = start + (c * BATCH) as u64;
+            let mut m = 0;
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = self.once(base + j as u64);
+                pending[m] = j as u16;
+                m += usize::from(*o >= self.n);
+            }
+            while m > 0 {
+                let mut kept = 0;
+                for t in 0..m {
+                    let j = pending[t] as usize;
+                    out[j] = self.once(out[j]);
+                    pending[kept] = j as u16;
+                    kept += usize::from(out[j] >= self.n);
+                }
+                m = kept;
+            }
+        }
+    }
+}
+
 /// A seeded shuffle of `0..n` by sorting on counter draws: reproducible from (key) alone.
 pub fn permutation(key: u64, n: usize) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
@@ -132,6 +227,49 @@ mod tests {
                 let p = permute(99, n, i);
                 assert!(p < n && !seen[p as usize], "n={n} i={i}");
                 seen[p as usize] = true;
+            }
+        }
+    }
+
+    #[test]
+    fn tabulated_permutation_is_permute() {
+        for n in [
+            1u64,
+            2,
+            3,
+            5,
+            17,
+            100,
+            4097,
+            65_536,
+            1 << 20,
+            (1 << 20) + 3,
+            45_088_768,
+        ] {
+            for key in [0u64, 7, u64::MAX] {
+                let p = Permutation::new(key, n);
+                let step = (n / 5000).max(1);
+                for i in (0..n).step_by(step as usize).chain([n - 1]) {
+                    assert_eq!(p.apply(i), permute(key, n, i), "n={n} key={key} i={i}");
+                }
+            }
+        }
+        // Above 2^32 the rounds are computed, not tabulated.
+        let n = (1u64 << 33) + 5;
+        let p = Permutation::new(3, n);
+        assert!(p.rounds.is_empty());
+        for i in [0, 1, n / 2, n - 1] {
+            assert_eq!(p.apply(i), permute(3, n, i));
+        }
+        // In runs, across batch boundaries and ragged ends.
+        for n in [5u64, 4097, 45_088_768] {
+            let p = Permutation::new(9, n);
+            let start = n.saturating_sub(3000) / 2;
+            let len = (n - start).min(2500) as usize;
+            let mut out = vec![0u64; len];
+            p.apply_range(start, &mut out);
+            for (j, o) in out.iter().enumerate() {
+                assert_eq!(*o, permute(9, n, start + j as u64), "n={n} j={j}");
             }
         }
     }

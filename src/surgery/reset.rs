@@ -38,12 +38,13 @@ impl Combine for Reset {
             ElementFn::Const(true) => TensorOp::Copy(TUNED),
             ElementFn::Const(false) => TensorOp::Copy(BASE),
             f => TensorOp::Pick(Box::new(move |start, sel| {
-                for (j, s) in sel.iter_mut().enumerate() {
-                    *s = if f.trains(start + j) {
-                        TUNED as u8
-                    } else {
-                        BASE as u8
-                    };
+                let mut trains = [false; 1024];
+                for (c, sel) in sel.chunks_mut(trains.len()).enumerate() {
+                    let t = &mut trains[..sel.len()];
+                    f.trains_range(start + c * 1024, t);
+                    for (s, t) in sel.iter_mut().zip(t.iter()) {
+                        *s = if *t { TUNED as u8 } else { BASE as u8 };
+                    }
                 }
             })),
         })
