@@ -39,8 +39,7 @@ pub(crate) fn run_ok(mut cmd: Command, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A JSON file parsed (reports, run state, config.json).
-#[cfg(feature = "train")]
+/// A JSON file parsed (reports, run state, config.json, manifests).
 pub(crate) fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
