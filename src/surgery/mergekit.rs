@@ -265,7 +265,7 @@ fn parse(v: &Value, defs: Definitions) -> std::result::Result<Config, String> {
             };
             Job::Merge { method, params }
         }
-        ("dare_ties", Definitions::Hft) => return Err("`dare_ties` has mergekit's definitions only (drop `--definitions hft`)".into()),
+        ("dare_ties", Definitions::Hft) => return Err("`dare_ties` exists only under mergekit's definitions, not hft's".into()),
         (other, _) => {
             return Err(format!(
                 "`merge_method: {other}` is not in hft; it reads linear, task_arithmetic, ties, dare_linear and dare_ties"
