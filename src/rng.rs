@@ -64,22 +64,7 @@ pub fn normal(key: u64, i: u64) -> f64 {
 /// Element masks use it to pick *exactly* `k` of `n` elements without materialising
 /// anything: element `i` is selected iff `permute(key, n, i) < k`.
 pub fn permute(key: u64, n: u64, i: u64) -> u64 {
-    debug_assert!(i < n);
-    let bits = (64 - (n.max(4) - 1).leading_zeros()).div_ceil(2) * 2;
-    let half = bits / 2;
-    let mask = (1u64 << half) - 1;
-    let mut x = i;
-    loop {
-        let (mut l, mut r) = (x >> half, x & mask);
-        for round in 0..4u64 {
-            let f = splitmix64(key ^ (round << 56) ^ r) & mask;
-            (l, r) = (r, l ^ f);
-        }
-        x = (l << half) | r;
-        if x < n {
-            return x;
-        }
-    }
+    Permutation::with_rounds(key, n, false).apply(i)
 }
 
 /// [`permute`] for one `(key, n)`, with its four round functions tabulated: the same
@@ -98,10 +83,16 @@ pub struct Permutation {
 
 impl Permutation {
     pub fn new(key: u64, n: u64) -> Self {
+        Self::with_rounds(key, n, true)
+    }
+
+    /// `tabulate`: whether the round functions are tabulated (when the domain allows) or
+    /// computed at each call (what [`permute`] does: nothing to build for one index).
+    fn with_rounds(key: u64, n: u64, tabulate: bool) -> Self {
         let bits = (64 - (n.max(4) - 1).leading_zeros()).div_ceil(2) * 2;
         let half = bits / 2;
         let mask = (1u64 << half) - 1;
-        let rounds = if half <= 16 {
+        let rounds = if tabulate && half <= 16 {
             (0..4u64)
                 .flat_map(|round| {
                     (0..=mask).map(move |r| (splitmix64(key ^ (round << 56) ^ r) & mask) as u16)

@@ -11,7 +11,7 @@ use hft::io::Checkpoint;
 use hft::progress::Level;
 use hft::progress::Sink;
 use hft::surgery::average::Linear;
-use hft::surgery::gta::{self, Gta};
+use hft::surgery::gta::Gta;
 use hft::surgery::merge::{Method, Params};
 use hft::surgery::mergekit::{self, Definitions};
 
@@ -124,18 +124,10 @@ fn as_mergekit(method: Method, params: &Params, n: usize) -> Result<Gta> {
             ))
         }
     };
-    let (sparsify, consensus, normalize, rescale) = gta::defaults(name).expect("a mergekit method");
-    let g = Gta {
-        weights: params.weights.clone().unwrap_or(vec![1.0; n]),
-        densities: vec![density; n],
-        sparsify,
-        consensus,
-        normalize,
-        rescale,
-        lambda: params.lambda.unwrap_or(defaults::LAMBDA),
-        seed: params.seed,
-        dtype: None,
-    };
+    let weights = params.weights.clone().unwrap_or(vec![1.0; n]);
+    let mut g = Gta::of(name, weights, vec![density; n]).expect("a mergekit method");
+    g.lambda = params.lambda.unwrap_or(defaults::LAMBDA);
+    g.seed = params.seed;
     g.check()?;
     Ok(g)
 }

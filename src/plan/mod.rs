@@ -124,23 +124,28 @@ impl ElementFn {
         }
     }
 
-    /// `out[j] = self.trains(start + j)` for a run of elements: the same answers, masks
-    /// evaluated a batch at a time ([`rng::Permutation::apply_range`]), several times faster.
-    pub fn trains_range(&self, start: usize, out: &mut [bool]) {
+    /// `out[j]` = `train` where element `start + j` trains, `freeze` where it does not: the
+    /// answers of [`Self::trains`], with masks evaluated a batch at a time
+    /// ([`rng::Permutation::apply_range`]), several times faster.
+    pub fn fill(&self, start: usize, out: &mut [u8], train: u8, freeze: u8) {
         match self {
             ElementFn::Mask { perm, n, k } if *k > 0 && k < n => {
                 let mut buf = [0u64; 1024];
                 for (c, o) in out.chunks_mut(buf.len()).enumerate() {
                     let b = &mut buf[..o.len()];
-                    perm.apply_range((start + c * 1024) as u64, b);
+                    perm.apply_range((start + c * b.len()) as u64, b);
                     for (x, y) in o.iter_mut().zip(b.iter()) {
-                        *x = *y < *k;
+                        *x = if *y < *k { train } else { freeze };
                     }
                 }
             }
             _ => {
                 for (j, o) in out.iter_mut().enumerate() {
-                    *o = self.trains(start + j);
+                    *o = if self.trains(start + j) {
+                        train
+                    } else {
+                        freeze
+                    };
                 }
             }
         }

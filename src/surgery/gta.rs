@@ -64,15 +64,30 @@ pub struct Gta {
     pub dtype: Option<DType>,
 }
 
-/// mergekit's defaults per method: (sparsification, consensus, normalize, rescale).
-pub fn defaults(method: &str) -> Option<(Sparsify, bool, bool, bool)> {
-    Some(match method {
-        "task_arithmetic" => (Sparsify::None, false, false, false),
-        "ties" => (Sparsify::Magnitude, true, true, false),
-        "dare_linear" => (Sparsify::Random, false, false, true),
-        "dare_ties" => (Sparsify::Random, true, false, true),
-        _ => return None,
-    })
+impl Gta {
+    /// mergekit's method `name` (`task_arithmetic`, `ties`, `dare_linear`, `dare_ties`) with its
+    /// defaults: its `normalize` and `rescale`, λ 1, seed 0, BASE's dtype. `None` for any other
+    /// name.
+    pub fn of(name: &str, weights: Vec<f64>, densities: Vec<f64>) -> Option<Gta> {
+        let (sparsify, consensus, normalize, rescale) = match name {
+            "task_arithmetic" => (Sparsify::None, false, false, false),
+            "ties" => (Sparsify::Magnitude, true, true, false),
+            "dare_linear" => (Sparsify::Random, false, false, true),
+            "dare_ties" => (Sparsify::Random, true, false, true),
+            _ => return None,
+        };
+        Some(Gta {
+            weights,
+            densities,
+            sparsify,
+            consensus,
+            normalize,
+            rescale,
+            lambda: 1.0,
+            seed: 0,
+            dtype: None,
+        })
+    }
 }
 
 impl Gta {
@@ -210,43 +225,46 @@ impl Gta {
     /// Each task vector's [`Keep`] for this tensor (streaming passes for the magnitudes).
     fn keeps(&self, t: &TensorView, delta: &(dyn Fn(f32, f32) -> f32 + Sync)) -> Vec<Keep> {
         let len = t.numel;
-        let mut keeps: Vec<Keep> = self
+        // Magnitude sparsification below density 1 keeps the k largest: their threshold, then
+        // the position of the last tie kept.
+        let ks: Vec<u64> = self
             .densities
             .iter()
             .map(|&rho| match self.sparsify {
-                _ if rho >= 1.0 => Keep::All,
-                Sparsify::None => Keep::All,
-                Sparsify::Random => Keep::Random {
-                    key: rng::key(self.seed, t.name),
-                    density: rho,
-                },
-                Sparsify::Magnitude if rho <= 0.0 || len == 0 => Keep::Nothing,
-                Sparsify::Magnitude => Keep::Largest { bits: 0, last: 0 },
-            })
-            .collect();
-        // The k largest: the threshold, then the position of the last tie kept.
-        let ks: Vec<u64> = keeps
-            .iter()
-            .zip(&self.densities)
-            .map(|(k, rho)| match k {
-                Keep::Largest { .. } => ((rho * len as f64).floor() as u64).max(1),
+                Sparsify::Magnitude if rho > 0.0 && rho < 1.0 && len > 0 => {
+                    ((rho * len as f64).floor() as u64).max(1)
+                }
                 _ => 0,
             })
             .collect();
-        if ks.iter().all(|k| *k == 0) {
-            return keeps;
-        }
-        let th = thresholds_by(t, &ks, delta);
+        let th = if ks.iter().any(|k| *k > 0) {
+            thresholds_by(t, &ks, delta)
+        } else {
+            vec![None; ks.len()]
+        };
         let need: Vec<(usize, u32, u64)> = th
             .iter()
             .enumerate()
             .filter_map(|(i, x)| x.map(|(bits, ties)| (i, bits, ties)))
             .collect();
-        let lasts = last_ties(t, &need, delta);
-        for ((i, bits, _), last) in need.iter().zip(lasts) {
-            keeps[*i] = Keep::Largest { bits: *bits, last };
-        }
-        keeps
+        let mut lasts = last_ties(t, &need, delta).into_iter();
+        self.densities
+            .iter()
+            .zip(&th)
+            .map(|(&rho, th)| match (self.sparsify, th) {
+                _ if rho >= 1.0 => Keep::All,
+                (Sparsify::None, _) => Keep::All,
+                (Sparsify::Random, _) => Keep::Random {
+                    key: rng::key(self.seed, t.name),
+                    density: rho,
+                },
+                (Sparsify::Magnitude, Some((bits, _))) => Keep::Largest {
+                    bits: *bits,
+                    last: lasts.next().expect("one per threshold"),
+                },
+                (Sparsify::Magnitude, None) => Keep::Nothing,
+            })
+            .collect()
     }
 
     /// mergekit's L1 rescale factor of each sparsified task vector (`None`: unscaled).

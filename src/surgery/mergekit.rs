@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::gta::{self, Gta};
+use super::gta::Gta;
 use super::merge::{Method, Params};
 use crate::error::{Error, Result};
 use crate::io::DType;
@@ -210,23 +210,16 @@ fn parse(v: &Value, defs: Definitions) -> std::result::Result<Config, String> {
             weights: need_weights()?,
             normalize: flag("normalize", true)?,
         },
-        (name, Definitions::Mergekit) if gta::defaults(name).is_some() => {
+        (name, Definitions::Mergekit) if Gta::of(name, Vec::new(), Vec::new()).is_some() => {
             if base.is_none() {
                 return Err(format!("`{name}` needs `base_model`"));
             }
-            let (sparsify, consensus, normalize, rescale) =
-                gta::defaults(name).expect("checked above");
-            Job::Mergekit(Gta {
-                weights: need_weights()?,
-                densities: densities.clone(),
-                sparsify,
-                consensus,
-                normalize: flag("normalize", normalize)?,
-                rescale: flag("rescale", rescale)?,
-                lambda: lambda.unwrap_or(1.0),
-                seed: 0,
-                dtype: work_dtype,
-            })
+            let mut g = Gta::of(name, need_weights()?, densities.clone()).expect("checked above");
+            g.normalize = flag("normalize", g.normalize)?;
+            g.rescale = flag("rescale", g.rescale)?;
+            g.lambda = lambda.unwrap_or(1.0);
+            g.dtype = work_dtype;
+            Job::Mergekit(g)
         }
         ("task_arithmetic" | "ties" | "dare_linear", Definitions::Hft) => {
             if base.is_none() {
@@ -340,6 +333,7 @@ fn same(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::surgery::gta;
 
     fn cfg(yaml: &str) -> std::result::Result<Config, String> {
         parse(

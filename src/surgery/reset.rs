@@ -38,14 +38,7 @@ impl Combine for Reset {
             ElementFn::Const(true) => TensorOp::Copy(TUNED),
             ElementFn::Const(false) => TensorOp::Copy(BASE),
             f => TensorOp::Pick(Box::new(move |start, sel| {
-                let mut trains = [false; 1024];
-                for (c, sel) in sel.chunks_mut(trains.len()).enumerate() {
-                    let t = &mut trains[..sel.len()];
-                    f.trains_range(start + c * 1024, t);
-                    for (s, t) in sel.iter_mut().zip(t.iter()) {
-                        *s = if *t { TUNED as u8 } else { BASE as u8 };
-                    }
-                }
+                f.fill(start, sel, TUNED as u8, BASE as u8)
             })),
         })
     }

@@ -102,31 +102,63 @@ pub fn loss(model: &Llama, batches: &[Batch], grad: bool) -> candle_core::Result
     }
 }
 
-/// Scores `examples` in batches of `batch`.
-pub fn score(model: &Llama, examples: &[Example], pad: u32, batch: usize) -> Result<Score> {
-    let mut total = 0f64;
-    let mut tokens = 0usize;
-    let mut right = 0usize;
-    let mut pairs = 0usize;
+/// One example's scored positions (weight above zero).
+pub struct Scored {
+    /// Their NLL, summed.
+    pub nll: f64,
+    pub tokens: usize,
+    /// Whether the greedy token was the target at every one.
+    pub right: bool,
+}
+
+/// Every example of `examples`, scored in batches of `batch` ([`scored`]).
+pub fn score_each(
+    model: &Llama,
+    examples: &[Example],
+    pad: u32,
+    batch: usize,
+) -> Result<Vec<Scored>> {
+    let mut out = Vec::with_capacity(examples.len());
     for chunk in examples.chunks(batch.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let b = Batch::new(&refs, pad);
         let (n, am) = scored(model, &b)?;
         let mut k = 0;
         for (r, e) in chunk.iter().enumerate() {
-            let mut ok = true;
+            let mut s = Scored {
+                nll: 0.0,
+                tokens: 0,
+                right: true,
+            };
             for (p, w) in e.weights.iter().enumerate() {
                 if *w > 0.0 {
-                    total += n[k] as f64;
-                    tokens += 1;
-                    ok &= am[k] == b.targets[r * b.t + p];
+                    s.nll += n[k] as f64;
+                    s.tokens += 1;
+                    s.right &= am[k] == b.targets[r * b.t + p];
                     k += 1;
                 }
             }
-            if e.completion {
-                pairs += 1;
-                right += ok as usize;
-            }
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// Scores `examples` in batches of `batch`.
+pub fn score(model: &Llama, examples: &[Example], pad: u32, batch: usize) -> Result<Score> {
+    let mut total = 0f64;
+    let mut tokens = 0usize;
+    let mut right = 0usize;
+    let mut pairs = 0usize;
+    for (e, s) in examples
+        .iter()
+        .zip(score_each(model, examples, pad, batch)?)
+    {
+        total += s.nll;
+        tokens += s.tokens;
+        if e.completion {
+            pairs += 1;
+            right += s.right as usize;
         }
     }
     let loss = total / tokens.max(1) as f64;

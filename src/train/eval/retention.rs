@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::train::data::{jsonl_objects, line_error, Batch, Example, Tokenizer};
+use crate::train::data::{jsonl_objects, line_error, Example, Tokenizer};
 use crate::train::eval::{self, Score};
 use crate::train::model::Llama;
 
@@ -88,25 +88,11 @@ impl Retention {
 /// Scores `facts` (from [`read_facts`]) in batches of `batch`.
 pub fn score(model: &Llama, facts: &[Example], pad: u32, batch: usize) -> Result<Retention> {
     let (mut right, mut logprob, mut nll_sum, mut tokens) = (0usize, 0f64, 0f64, 0usize);
-    for chunk in facts.chunks(batch.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let b = Batch::new(&refs, pad);
-        let (n, am) = eval::scored(model, &b)?;
-        let mut k = 0;
-        for (r, e) in chunk.iter().enumerate() {
-            let (mut ok, mut lp) = (true, 0f64);
-            for (p, w) in e.weights.iter().enumerate() {
-                if *w > 0.0 {
-                    lp -= n[k] as f64;
-                    tokens += 1;
-                    ok &= am[k] == b.targets[r * b.t + p];
-                    k += 1;
-                }
-            }
-            right += ok as usize;
-            logprob += lp;
-            nll_sum -= lp;
-        }
+    for s in eval::score_each(model, facts, pad, batch)? {
+        right += s.right as usize;
+        logprob -= s.nll;
+        nll_sum += s.nll;
+        tokens += s.tokens;
     }
     let f = facts.len().max(1) as f64;
     Ok(Retention {
