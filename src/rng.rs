@@ -67,18 +67,23 @@ pub fn permute(key: u64, n: u64, i: u64) -> u64 {
     Permutation::with_rounds(key, n, false).apply(i)
 }
 
+/// Entries of one tabulated round function: every `half ≤ 16` fits.
+const ROUND: usize = 1 << 16;
+
 /// [`permute`] for one `(key, n)`, with its four round functions tabulated: the same
-/// bijection, four lookups in tables of `2^half` entries per index instead of four splitmix64
-/// calls. Up to `n = 2^32` (half ≤ 16) the tables take at most 512 KiB and stay in cache, which
-/// is what makes element masks run near memory speed; above that the rounds are computed.
+/// bijection, four lookups per index instead of four splitmix64 calls. Up to `n = 2^32`
+/// (half ≤ 16) the tables hold `4 · 2^half` entries, packed (16 KiB for a 4 M-element tensor,
+/// 32 KiB for 16 M), so they stay in the first-level cache; above that the rounds are computed.
+/// The tables live in an array of the largest size so that an index masked to its length needs
+/// no bounds check in the inner loop; the unused tail is zeroed memory never touched.
 #[derive(Debug, Clone)]
 pub struct Permutation {
     key: u64,
     n: u64,
     half: u32,
     mask: u64,
-    /// Round `r`'s function at `x` is `rounds[(r << half) | x]`; empty when computed.
-    rounds: Vec<u16>,
+    /// Round `r`'s function at `x` is `rounds[r * ROUND + x]`; `None` when computed.
+    rounds: Option<Box<[u16; 4 * ROUND]>>,
 }
 
 impl Permutation {
@@ -92,15 +97,19 @@ impl Permutation {
         let bits = (64 - (n.max(4) - 1).leading_zeros()).div_ceil(2) * 2;
         let half = bits / 2;
         let mask = (1u64 << half) - 1;
-        let rounds = if tabulate && half <= 16 {
-            (0..4u64)
-                .flat_map(|round| {
-                    (0..=mask).map(move |r| (splitmix64(key ^ (round << 56) ^ r) & mask) as u16)
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let rounds = (tabulate && half <= 16).then(|| {
+            let mut t: Box<[u16; 4 * ROUND]> = vec![0u16; 4 * ROUND]
+                .into_boxed_slice()
+                .try_into()
+                .expect("length is 4 * ROUND");
+            for round in 0..4u64 {
+                let row = &mut t[(round as usize) << half..][..=mask as usize];
+                for (r, f) in row.iter_mut().enumerate() {
+                    *f = (splitmix64(key ^ (round << 56) ^ r as u64) & mask) as u16;
+                }
+            }
+            t
+        });
         Permutation {
             key,
             n,
@@ -113,18 +122,30 @@ impl Permutation {
     /// One pass of the Feistel network, without cycle walking.
     #[inline(always)]
     fn once(&self, x: u64) -> u64 {
+        match &self.rounds {
+            None => self.once_computed(x),
+            Some(t) => self.once_tabulated(t, x),
+        }
+    }
+
+    #[inline(always)]
+    fn once_computed(&self, x: u64) -> u64 {
         let (half, mask) = (self.half, self.mask);
         let (mut l, mut r) = (x >> half, x & mask);
-        if self.rounds.is_empty() {
-            for round in 0..4u64 {
-                let f = splitmix64(self.key ^ (round << 56) ^ r) & mask;
-                (l, r) = (r, l ^ f);
-            }
-        } else {
-            for round in 0..4usize {
-                let f = self.rounds[(round << half) | r as usize] as u64;
-                (l, r) = (r, l ^ f);
-            }
+        for round in 0..4u64 {
+            let f = splitmix64(self.key ^ (round << 56) ^ r) & mask;
+            (l, r) = (r, l ^ f);
+        }
+        (l << half) | r
+    }
+
+    #[inline(always)]
+    fn once_tabulated(&self, t: &[u16; 4 * ROUND], x: u64) -> u64 {
+        let half = self.half;
+        let (mut l, mut r) = (x >> half, x & self.mask);
+        for round in 0..4usize {
+            let f = t[((round << half) | r as usize) & (4 * ROUND - 1)] as u64;
+            (l, r) = (r, l ^ f);
         }
         (l << half) | r
     }
@@ -140,29 +161,64 @@ impl Permutation {
         x
     }
 
-    /// `out[j] = self.apply(start + j)`. One pass with no branch over every index, then passes
-    /// over only those that left `0..n` (the cycle walk): the lookups of neighbouring indices
-    /// overlap in the CPU instead of each index waiting on its own chain and branch.
-    pub fn apply_range(&self, start: u64, out: &mut [u64]) {
+    /// `out[j] = below` where `self.apply(start + j) < k`, else `above`: an element mask
+    /// written straight into selection bytes. One pass with no branch over every index, then
+    /// passes over only those that left `0..n` (the cycle walk): the lookups of neighbouring
+    /// indices overlap in the CPU instead of each index waiting on its own chain and branch.
+    /// The walkers of each 64 indices are one bit word, so finding them costs no store per
+    /// index (a list of walkers built with a store per index cost more than the walk).
+    pub fn select_range(&self, start: u64, k: u64, out: &mut [u8], below: u8, above: u8) {
+        // The choice between tables and computed rounds is made once, outside the loops.
+        let v = [below, above];
+        match &self.rounds {
+            Some(t) => self.select_with(|x| self.once_tabulated(t, x), start, k, out, v),
+            None => self.select_with(|x| self.once_computed(x), start, k, out, v),
+        }
+    }
+
+    #[inline(always)]
+    fn select_with(
+        &self,
+        once: impl Fn(u64) -> u64,
+        start: u64,
+        k: u64,
+        out: &mut [u8],
+        v: [u8; 2],
+    ) {
         const BATCH: usize = 1024;
-        let mut pending = [0u16; BATCH];
+        let mut xs = [0u64; BATCH];
+        let mut walkers = [0u64; BATCH / 64];
         for (c, out) in out.chunks_mut(BATCH).enumerate() {
             let base = start + (c * BATCH) as u64;
-            let mut m = 0;
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = self.once(base + j as u64);
-                pending[m] = j as u16;
-                m += usize::from(*o >= self.n);
-            }
-            while m > 0 {
-                let mut kept = 0;
-                for t in 0..m {
-                    let j = pending[t] as usize;
-                    out[j] = self.once(out[j]);
-                    pending[kept] = j as u16;
-                    kept += usize::from(out[j] >= self.n);
+            let words = out.len().div_ceil(64);
+            let words_of = out.chunks_mut(64).zip(xs.chunks_mut(64));
+            for (wi, (w, (o, x))) in walkers.iter_mut().zip(words_of).enumerate() {
+                let mut bits = 0u64;
+                let first = base + (wi * 64) as u64;
+                for (q, (o, x)) in o.iter_mut().zip(x.iter_mut()).enumerate() {
+                    *x = once(first + q as u64);
+                    *o = v[usize::from(*x >= k)];
+                    bits |= u64::from(*x >= self.n) << q;
                 }
-                m = kept;
+                *w = bits;
+            }
+            let mut left = walkers[..words].iter().any(|&w| w != 0);
+            while left {
+                left = false;
+                for (wi, w) in walkers[..words].iter_mut().enumerate() {
+                    let (mut bits, mut next) = (*w, 0u64);
+                    while bits != 0 {
+                        let q = bits.trailing_zeros();
+                        bits &= bits - 1;
+                        let j = wi * 64 + q as usize;
+                        let x = once(xs[j]);
+                        xs[j] = x;
+                        out[j] = v[usize::from(x >= k)];
+                        next |= u64::from(x >= self.n) << q;
+                    }
+                    *w = next;
+                    left |= next != 0;
+                }
             }
         }
     }
@@ -248,7 +304,7 @@ mod tests {
         // Above 2^32 the rounds are computed, not tabulated.
         let n = (1u64 << 33) + 5;
         let p = Permutation::new(3, n);
-        assert!(p.rounds.is_empty());
+        assert!(p.rounds.is_none());
         for i in [0, 1, n / 2, n - 1] {
             assert_eq!(p.apply(i), permute(3, n, i));
         }
@@ -257,10 +313,16 @@ mod tests {
             let p = Permutation::new(9, n);
             let start = n.saturating_sub(3000) / 2;
             let len = (n - start).min(2500) as usize;
-            let mut out = vec![0u64; len];
-            p.apply_range(start, &mut out);
+            let k = n / 3;
+            let mut out = vec![0u8; len];
+            p.select_range(start, k, &mut out, 1, 2);
             for (j, o) in out.iter().enumerate() {
-                assert_eq!(*o, permute(9, n, start + j as u64), "n={n} j={j}");
+                let want = if permute(9, n, start + j as u64) < k {
+                    1
+                } else {
+                    2
+                };
+                assert_eq!(*o, want, "n={n} j={j}");
             }
         }
     }

@@ -126,18 +126,11 @@ impl ElementFn {
 
     /// `out[j]` = `train` where element `start + j` trains, `freeze` where it does not: the
     /// answers of [`Self::trains`], with masks evaluated a batch at a time
-    /// ([`rng::Permutation::apply_range`]), several times faster.
+    /// ([`rng::Permutation::select_range`]), several times faster.
     pub fn fill(&self, start: usize, out: &mut [u8], train: u8, freeze: u8) {
         match self {
             ElementFn::Mask { perm, n, k } if *k > 0 && k < n => {
-                let mut buf = [0u64; 1024];
-                for (c, o) in out.chunks_mut(buf.len()).enumerate() {
-                    let b = &mut buf[..o.len()];
-                    perm.apply_range((start + c * b.len()) as u64, b);
-                    for (x, y) in o.iter_mut().zip(b.iter()) {
-                        *x = if *y < *k { train } else { freeze };
-                    }
-                }
+                perm.select_range(start as u64, *k, out, train, freeze)
             }
             _ => {
                 for (j, o) in out.iter_mut().enumerate() {

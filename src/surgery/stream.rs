@@ -229,6 +229,11 @@ fn gather_bytes(
         .iter()
         .map(|(ck, t)| &ck.bytes(t)[start * eb..(start + sel.len()) * eb])
         .collect();
+    match (srcs.as_slice(), eb) {
+        ([a, b], 2) => return blend::<2>(a, b, sel, dst),
+        ([a, b], 4) => return blend::<4>(a, b, sel, dst),
+        _ => {}
+    }
     // Runs of the same source are copied as one slice: whole-tensor and row-wise picks are runs.
     let mut j = 0;
     while j < sel.len() {
@@ -239,6 +244,19 @@ fn gather_bytes(
         }
         dst[j * eb..k * eb].copy_from_slice(&srcs[src as usize][j * eb..k * eb]);
         j = k;
+    }
+}
+
+/// `dst` = element `j` of `a` where `sel[j]` is 0, of `b` where it is 1, without a branch: an
+/// element mask alternates sources every other element, where copying runs would cost a call
+/// per element or two.
+fn blend<const E: usize>(a: &[u8], b: &[u8], sel: &[u8], dst: &mut [u8]) {
+    let pairs = a.chunks_exact(E).zip(b.chunks_exact(E));
+    for ((d, (a, b)), s) in dst.chunks_exact_mut(E).zip(pairs).zip(sel) {
+        let m = 0u8.wrapping_sub(*s);
+        for i in 0..E {
+            d[i] = a[i] ^ ((a[i] ^ b[i]) & m);
+        }
     }
 }
 
