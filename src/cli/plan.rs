@@ -43,7 +43,8 @@ hft::choice! {
     hft plan MODEL --strategy lisa --lisa-layers 2 --lisa-interval 20 --emit torch\n  \
     hft plan MODEL --include 'lm_head' --exclude 'layers\\.0\\.'\n  \
     hft plan config.json                                     # shapes from the config alone\n  \
-    hft plan --check stage2.plan.yaml MODEL                  # does this plan fit this model?")]
+    hft plan --check stage2.plan.yaml MODEL                  # does this plan fit this model?\n  \
+    hft plan runs/r/00-sft --from runs/r/01-dpo/plan.yaml --emit swift   # a run's derived plan")]
 pub struct PlanArgs {
     /// The model: a checkpoint (.safetensors file, directory, sharded index) or a config.json
     /// (shapes computed for Llama-like families). Only headers are read, unless --strategy
@@ -126,6 +127,11 @@ pub struct PlanArgs {
     /// Check that the plan file PLAN fits MODEL (names and shapes); exit 2 if not.
     #[arg(long, value_name = "PLAN", conflicts_with_all = ["emit", "output"])]
     pub check: Option<PathBuf>,
+    /// Print, write or export the plan file PLAN (checked against MODEL) instead of drawing
+    /// one: how a plan `hft run` derived (a stage's plan.yaml) reaches the PyTorch trainers.
+    /// The drawing flags (--strategy, --ratio, ...) do not apply.
+    #[arg(long, value_name = "PLAN", conflicts_with = "check")]
+    pub from: Option<PathBuf>,
 }
 
 pub fn run(args: &PlanArgs, sink: &Terminal) -> Result<String> {
@@ -136,15 +142,25 @@ pub fn run(args: &PlanArgs, sink: &Terminal) -> Result<String> {
     if let Some(out) = &args.output {
         let mut inputs = vec![args.model.as_path()];
         inputs.extend(args.diff.as_deref());
+        inputs.extend(args.from.as_deref());
         output::check(out, output::Kind::File, &inputs, args.force)?;
     }
-    let opts = options(args)?;
-    let weights = if args.strategy == Strategy::Magnitude && !model.is_config_only() {
-        Some(Checkpoint::open(&args.model)?)
-    } else {
-        None
+    let plan = match &args.from {
+        Some(path) => {
+            let plan = Plan::read(path)?;
+            fits(path, &plan, &model)?;
+            plan
+        }
+        None => {
+            let opts = options(args)?;
+            let weights = if args.strategy == Strategy::Magnitude && !model.is_config_only() {
+                Some(Checkpoint::open(&args.model)?)
+            } else {
+                None
+            };
+            select::build(&model, &opts, weights.as_ref())?
+        }
     };
-    let plan = select::build(&model, &opts, weights.as_ref())?;
     let map = report::plan::map(&model, &plan);
     // What an export cannot say (partial tensors listed whole, a schedule's one period) is a
     // warning: it shows with --quiet too.
@@ -200,8 +216,8 @@ fn options(a: &PlanArgs) -> Result<SelectOptions> {
     Ok(o)
 }
 
-fn check(path: &Path, model: &ModelInfo) -> Result<String> {
-    let plan = Plan::read(path)?;
+/// Refuses a plan file that does not fit the model, naming the file.
+fn fits(path: &Path, plan: &Plan, model: &ModelInfo) -> Result<()> {
     plan.check(&model.source, model.names_shapes())
         .map_err(|e| match e {
             Error::Input { msg, .. } => Error::input(
@@ -209,7 +225,12 @@ fn check(path: &Path, model: &ModelInfo) -> Result<String> {
                 format!("does not fit {}: {msg}", model.source.display()),
             ),
             other => other,
-        })?;
+        })
+}
+
+fn check(path: &Path, model: &ModelInfo) -> Result<String> {
+    let plan = Plan::read(path)?;
+    fits(path, &plan, model)?;
     let a = &plan.summary.all;
     Ok(format!(
         "ok: {} fits {} ({} model, {} tensors): strategy {}, {:.1}% of {} parameters train\n",

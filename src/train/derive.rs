@@ -6,16 +6,19 @@
 //! as JSON under the run's `diffs/` and made again from the checkpoints when missing (after a
 //! resume, or in a grid run whose first stages were shared from another run).
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
+use crate::arch::Layout;
 use crate::choice::Choice;
 use crate::defaults;
 use crate::error::{Error, Result};
 use crate::io::Checkpoint;
-use crate::plan::Plan;
+use crate::plan::{Entry, Plan};
 use crate::progress::Progress;
 use crate::select::{self, ModelInfo, Prefer, SelectOptions};
 use crate::train::recipe::{parse_strategy, Recipe, StageSpec, PROTECT};
+use crate::train::stage::Switches;
 
 /// The directory of stage `i` in a run.
 pub fn stage_dir(i: usize, name: &str) -> String {
@@ -122,7 +125,7 @@ pub fn validate(
     let name = match ranked_by_diff(spec, strategy_override) {
         // Its diff does not exist before the run makes it: check what can be checked.
         Some(name) if spec.plan.diff.is_none() => name,
-        _ => return stage_plan(spec, strategy_override, start, seed, None).map(|_| ()),
+        _ => return stage_plan(spec, strategy_override, start, seed, None, None).map(|_| ()),
     };
     nothing_measured(spec, &name)?;
     let r = spec.plan.ratio.unwrap_or(defaults::RATIO);
@@ -144,13 +147,15 @@ fn order(spec: &StageSpec, name: &str) -> Result<Option<Prefer>> {
 
 /// The plan of a stage: a plan file checked against the model, or a strategy draw on the
 /// stage's starting checkpoint (whose weights `magnitude` reads; `delta` and `protect` rank
-/// by `diff`).
+/// by `diff`). A `lisa` plan lists a draw of layers for every period of `every` steps in the
+/// stage's `steps` (one period when they are not known yet).
 pub fn stage_plan(
     spec: &StageSpec,
     strategy_override: Option<&str>,
     start: &Checkpoint,
     default_seed: u64,
     diff: Option<&Path>,
+    steps: Option<u64>,
 ) -> Result<Plan> {
     let info = ModelInfo::from_checkpoint(start);
     if uses_file(spec, strategy_override) {
@@ -176,13 +181,62 @@ pub fn stage_plan(
         .map(Path::to_path_buf)
         .or_else(|| spec.plan.diff.clone());
     if strategy == select::Strategy::Lisa {
-        return Err(Error::usage(
-            "strategy `lisa` changes its layers during a stage; `hft run` does not schedule it yet",
-        ));
+        o.lisa.layers = spec.plan.layers.unwrap_or(defaults::LISA_LAYERS);
+        o.lisa.interval = spec.plan.every.unwrap_or(defaults::LISA_INTERVAL);
+        if o.lisa.interval > 0 {
+            o.lisa.periods = steps.map_or(1, |n| n.div_ceil(o.lisa.interval).max(1) as usize);
+        }
     }
     let mut plan = select::build(&info, &o, Some(start))?;
     if name == PROTECT {
         plan.strategy = PROTECT.into();
     }
     Ok(plan)
+}
+
+/// The switches a `lisa` plan makes during its stage (None for every other plan): per period
+/// of the schedule, a tensor inside a layer trains iff its layer is drawn; tensors outside
+/// the layers keep their entry and their optimizer state.
+pub fn switches(plan: &Plan, layout: &Layout) -> Option<Switches> {
+    let s = plan.schedule.as_ref()?;
+    let outside: HashSet<String> = plan
+        .tensors
+        .iter()
+        .filter(|(n, e)| layout.role(n).layer.is_none() && **e == Entry::TRAIN)
+        .map(|(n, _)| n.clone())
+        .collect();
+    let trains = s
+        .periods
+        .iter()
+        .map(|layers| {
+            let mut t = outside.clone();
+            t.extend(
+                plan.tensors
+                    .keys()
+                    .filter(|n| layout.role(n).layer.is_some_and(|l| layers.contains(&l)))
+                    .cloned(),
+            );
+            t
+        })
+        .collect();
+    Some(Switches {
+        every: s.interval,
+        trains,
+        keep: outside,
+    })
+}
+
+/// The plan of what trained at any time in the stage: `plan` itself, or for a schedule every
+/// layer any period drew. What it freezes must come out of the stage unchanged.
+pub fn ever_trained(plan: &Plan, layout: &Layout) -> Plan {
+    let mut p = plan.clone();
+    if let Some(s) = &plan.schedule {
+        let drawn: HashSet<usize> = s.periods.iter().flatten().copied().collect();
+        for (n, e) in p.tensors.iter_mut() {
+            if layout.role(n).layer.is_some_and(|l| drawn.contains(&l)) {
+                *e = Entry::TRAIN;
+            }
+        }
+    }
+    p
 }

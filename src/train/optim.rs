@@ -66,12 +66,14 @@ struct Slot {
     var: Var,
     mask: Option<Tensor>,
     moments: Moments,
+    /// Updates this tensor has had: its bias correction, counted per tensor as PyTorch's
+    /// AdamW counts it, so a tensor whose state starts afresh mid-stage (LISA) restarts it.
+    step: u64,
 }
 
 pub struct AdamW {
     cfg: AdamWConfig,
     slots: Vec<Slot>,
-    step: u64,
 }
 
 impl AdamW {
@@ -97,14 +99,26 @@ impl AdamW {
                 // The fused kernels hold the mask in their own form; the tensor is for the
                 // composed path only.
                 let mask = if fused { None } else { mask };
-                Ok(Slot { var, mask, moments })
+                Ok(Slot {
+                    var,
+                    mask,
+                    moments,
+                    step: 0,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(AdamW {
-            cfg,
-            slots,
-            step: 0,
-        })
+        Ok(AdamW { cfg, slots })
+    }
+
+    /// Moves the state (moments, step count) of `old`'s slot `from` into slot `to`, which
+    /// must hold the same variable: when LISA draws new layers, the tensors that train
+    /// throughout (embeddings, head, final norm) keep their state.
+    pub fn adopt(&mut self, to: usize, old: &mut AdamW, from: usize) {
+        let (new, old) = (&mut self.slots[to], &mut old.slots[from]);
+        debug_assert!(new.var.shape() == old.var.shape());
+        std::mem::swap(&mut new.moments, &mut old.moments);
+        std::mem::swap(&mut new.mask, &mut old.mask);
+        new.step = old.step;
     }
 
     /// Bytes of optimizer state: the moments, and the mask or runs of a tensor trained in part.
@@ -165,12 +179,12 @@ impl AdamW {
     /// One update with learning rate `lr`; `grads` as given to [`Self::mask_and_norm`], to be
     /// scaled by `scale` (gradient clipping).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, scale: f64) -> Result<()> {
-        self.step += 1;
         let c = self.cfg;
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (s, g) in self.slots.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
+            s.step += 1;
+            let bc1 = 1.0 - c.beta1.powi(s.step as i32);
+            let bc2 = 1.0 - c.beta2.powi(s.step as i32);
             let (m, v, mask, spans) = match &mut s.moments {
                 Moments::Fused { m, v, mask } => (m, v, mask.as_deref(), None),
                 Moments::Spans { m, v, spans } => (m, v, None, Some(spans.as_slice())),
@@ -422,6 +436,49 @@ mod tests {
         Ok(())
     }
 
+    /// LISA's switch: a tensor whose state is adopted by a new optimizer continues exactly as
+    /// if the optimizer had never changed; one that starts afresh restarts its bias correction
+    /// (its first update has the size `lr`, as any first Adam step).
+    #[test]
+    fn adopted_state_continues_and_fresh_state_restarts() -> Result<()> {
+        let dev = Device::Cpu;
+        let cfg = AdamWConfig {
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        };
+        let grad = |k: usize| Tensor::new(&[0.3f32 * k as f32, -0.1, 0.7], &dev);
+        let start = Tensor::new(&[1.0f32, 2.0, 3.0], &dev)?;
+        // Reference: one optimizer for four steps.
+        let a = Var::from_tensor(&start)?;
+        let mut one = AdamW::new(vec![(a.clone(), None)], cfg)?;
+        for k in 1..=4 {
+            one.step(&[Some(grad(k)?)], 1e-2, 1.0)?;
+        }
+        // Two steps, then a new optimizer adopting the state, two more.
+        let b = Var::from_tensor(&start)?;
+        let fresh = Var::from_tensor(&start)?;
+        let mut first = AdamW::new(vec![(b.clone(), None)], cfg)?;
+        for k in 1..=2 {
+            first.step(&[Some(grad(k)?)], 1e-2, 1.0)?;
+        }
+        let mut second = AdamW::new(vec![(fresh.clone(), None), (b.clone(), None)], cfg)?;
+        second.adopt(1, &mut first, 0);
+        for k in 3..=4 {
+            second.step(&[None, Some(grad(k)?)], 1e-2, 1.0)?;
+        }
+        assert_eq!(
+            a.as_tensor().to_vec1::<f32>()?,
+            b.as_tensor().to_vec1::<f32>()?
+        );
+        // A fresh slot's first update is lr·sign(g) (bias-corrected moments of one step).
+        second.step(&[Some(grad(1)?), None], 1e-2, 1.0)?;
+        let moved: Vec<f32> = (fresh.as_tensor() - &start)?.to_vec1()?;
+        for (m, g) in moved.iter().zip(grad(1)?.to_vec1::<f32>()?) {
+            assert!((m + 1e-2 * g.signum()).abs() < 1e-6, "{moved:?}");
+        }
+        Ok(())
+    }
+
     /// Row ranges keep moments for their rows only, and update exactly as full-size moments
     /// with a mask do.
     #[test]
@@ -454,8 +511,8 @@ mod tests {
                     v: vec![0.0; n],
                     mask: Some(mask.clone()),
                 },
+                step: 0,
             }],
-            step: 0,
         };
         for step in 0..4 {
             let g: Vec<f32> = (0..n)

@@ -47,9 +47,37 @@ pub struct Trained {
     pub step_seconds: f64,
 }
 
+/// LISA within a stage: every `every` steps the trainable layers are drawn again.
+#[derive(Debug, Clone)]
+pub struct Switches {
+    pub every: u64,
+    /// Per period, the tensors that train in it.
+    pub trains: Vec<std::collections::HashSet<String>>,
+    /// Tensors whose optimizer state carries over a switch: those outside the layers, as
+    /// LMFlow's `LISATrainer` keeps its first two parameter groups. Layers drawn (again) start
+    /// with fresh moments and bias correction, as its new optimizer gives them.
+    pub keep: std::collections::HashSet<String>,
+}
+
+/// The optimizer steps of a stage: its `steps`, or its `epochs` over the first data source
+/// (`lens`: examples per source).
+pub fn stage_steps(spec: &StageSpec, lens: &[usize]) -> Result<u64> {
+    let st = &spec.settings;
+    match (st.steps, st.epochs) {
+        (Some(s), _) => Ok(s),
+        (None, Some(e)) => {
+            let per = spec.data[0].batch as f64 * st.accumulate as f64;
+            Ok((e * lens[0] as f64 / per).ceil().max(1.0) as u64)
+        }
+        (None, None) => Err(Error::Internal("stage without steps".into())),
+    }
+}
+
 /// Trains `model` for one stage.
+#[allow(clippy::too_many_arguments)]
 pub fn train_stage(
     mut model: Llama,
+    switches: Option<&Switches>,
     spec: &StageSpec,
     objective: &mut Objective,
     pad: u32,
@@ -59,14 +87,7 @@ pub fn train_stage(
 ) -> Result<Trained> {
     let lens = objective.lens();
     let st = &spec.settings;
-    let steps = match (st.steps, st.epochs) {
-        (Some(s), _) => s,
-        (None, Some(e)) => {
-            let per = spec.data[0].batch as f64 * st.accumulate as f64;
-            (e * lens[0] as f64 / per).ceil().max(1.0) as u64
-        }
-        (None, None) => return Err(Error::Internal("stage without steps".into())),
-    };
+    let steps = stage_steps(spec, &lens)?;
     let drawn = crate::train::recipe::examples_drawn(&spec.data, steps, st.accumulate);
     if drawn > crate::train::recipe::MAX_DRAWN {
         // Named as the field that made the steps; the caller adds the recipe and the stage.
@@ -84,7 +105,7 @@ pub fn train_stage(
             ),
         ));
     }
-    let vars = model.vars();
+    let mut vars = model.vars();
     // The masks move to the optimizer, which keeps them in the form it needs.
     let mut masks = std::mem::take(&mut model.masks);
     let with_masks: Vec<_> = vars
@@ -98,6 +119,7 @@ pub fn train_stage(
         weight_decay: st.weight_decay,
     };
     let mut opt = AdamW::new(with_masks, cfg).map_err(TrainError::map)?;
+    let mut optimizer_bytes = opt.state_bytes();
     let mut samplers: Vec<Sampler> = lens
         .iter()
         .enumerate()
@@ -135,6 +157,26 @@ pub fn train_stage(
     for step in 0..steps {
         if step == warm_steps {
             warm_start = Some(Instant::now());
+        }
+        if let Some(sw) = switches.filter(|sw| step > 0 && step % sw.every == 0) {
+            let now = &sw.trains[(step / sw.every) as usize];
+            model
+                .set_trainable(|n| now.contains(n))
+                .map_err(|e| Error::Internal(format!("lisa switch: {e}")))?;
+            let new_vars = model.vars();
+            let mut new = AdamW::new(
+                new_vars.iter().map(|(_, v)| (v.clone(), None)).collect(),
+                cfg,
+            )
+            .map_err(TrainError::map)?;
+            for (to, (name, _)) in new_vars.iter().enumerate() {
+                let from = vars.iter().position(|(n, _)| n == name);
+                if let Some(from) = from.filter(|_| sw.keep.contains(name)) {
+                    new.adopt(to, &mut opt, from);
+                }
+            }
+            (opt, vars) = (new, new_vars);
+            optimizer_bytes = optimizer_bytes.max(opt.state_bytes());
         }
         let lr = lr_at(st, step, steps);
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -218,7 +260,7 @@ pub fn train_stage(
     };
     Ok(Trained {
         epochs: samplers[0].epochs(),
-        optimizer_bytes: opt.state_bytes(),
+        optimizer_bytes: optimizer_bytes.max(opt.state_bytes()),
         model,
         steps,
         seconds,

@@ -24,7 +24,7 @@ use crate::train::metrics::{Change, PlanInfo, PostResult, RunReport, StageResult
 use crate::train::model::Llama;
 use crate::train::objective::{Objective, StageData};
 use crate::train::recipe::{parse_reset_strategy, EvalKind, Post, Recipe, StageKind};
-use crate::train::stage::{train_stage, Log};
+use crate::train::stage::{stage_steps, train_stage, Log};
 use crate::train::sys::peak_rss_mib;
 use crate::train::TrainError;
 
@@ -335,24 +335,39 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
         let derived = derive::diff_for(recipe, &spec, opts.strategy.as_deref(), &opts.output)
             .map_err(in_recipe)?;
         let diff = derived.as_ref().map(|(p, _)| p.as_path());
-        let plan = derive::stage_plan(&spec, opts.strategy.as_deref(), &prev, recipe.seed, diff)
-            .map_err(in_recipe)?;
+        let mut objective = Objective::new(&sources, &spec);
+        let steps = stage_steps(&spec, &objective.lens())
+            .map_err(|e| e.in_file(recipe_path, &format!("stage `{}`: ", spec.name)))?;
+        let plan = derive::stage_plan(
+            &spec,
+            opts.strategy.as_deref(),
+            &prev,
+            recipe.seed,
+            diff,
+            Some(steps),
+        )
+        .map_err(in_recipe)?;
+        let layout = crate::arch::Layout::for_checkpoint(&prev);
+        let switches = derive::switches(&plan, &layout);
         let model = Llama::load(&prev, Some(&plan), DType::F32, &opts.device)?
             .with_compute(recipe.compute_dtype());
         if opts.log.lines() {
+            let every = switches.as_ref().map_or(String::new(), |s| {
+                format!(" (layers drawn again every {} steps)", s.every)
+            });
             opts.sink.say(
                 Level::Log,
                 &format!(
-                    "stage {i} `{}`: {} plan, {:.1}% of parameters train",
+                    "stage {i} `{}`: {} plan, {:.1}% of parameters train{every}",
                     spec.name,
                     plan.strategy,
                     100.0 * plan.summary.all.fraction
                 ),
             );
         }
-        let mut objective = Objective::new(&sources, &spec);
         let t = train_stage(
             model,
+            switches.as_ref(),
             &spec,
             &mut objective,
             tok.pad(),
@@ -365,7 +380,7 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
         let dest = opts.output.join(&dir);
         write_checkpoint(&t.model, &base, out_dtype, &plan, &dest, &opts.command)?;
         let new = Checkpoint::open(&dest)?;
-        let change = change(&prev, &new, &plan)?;
+        let change = change(&prev, &new, &derive::ever_trained(&plan, &layout))?;
         if !change.frozen_changed.is_empty() {
             return Err(Error::Internal(format!(
                 "frozen tensors changed in stage `{}`: {}",

@@ -127,3 +127,108 @@ fn delta_and_protect_stages_rank_by_what_the_run_measured() {
     assert!(String::from_utf8_lossy(&res.stderr).contains("the first stage has none"));
     assert!(!d.path().join("out2").exists());
 }
+
+const LISA: &str = "\
+model: model
+output: out
+seed: 3
+defaults: {lr: 1.0e-2, steps: 5, seq_len: 32, log_every: 1}
+eval:
+  - {name: text, path: text.jsonl}
+stages:
+  - name: a
+    plan: {strategy: lisa, layers: 1, every: 2, seed: 4}
+    tasks: [text]
+    data: [{path: text.jsonl, batch: 2}]
+";
+
+/// A `lisa` stage draws its layers again every `every` steps: the plan lists one draw per
+/// period, exactly the drawn layers change (whatever period drew them), the others stay
+/// bit-identical, and embeddings, head and final norm train throughout. Five steps make three
+/// periods (here layer 1, 1, then 0: layer 0 trains in the last period only); two steps one
+/// period, which leaves a layer undrawn.
+#[test]
+fn lisa_stages_train_each_periods_layers() {
+    use hft::arch::Layout;
+    use hft::io::Checkpoint;
+    let d = tempfile::tempdir().unwrap();
+    setup(d.path(), "lr: 1.0e-2");
+    for (steps, periods, out) in [(5, 3, "out"), (2, 1, "out2")] {
+        let recipe = LISA
+            .replace("steps: 5", &format!("steps: {steps}"))
+            .replace("output: out", &format!("output: {out}"));
+        std::fs::write(d.path().join("r.yaml"), recipe).unwrap();
+        let mut cmd = hft_serial();
+        cmd.current_dir(d.path());
+        run_ok(cmd, &["run", "r.yaml", "-q"]);
+        let stage = d.path().join(out).join("00-a");
+        let plan = Plan::read(&stage.join("plan.yaml")).unwrap();
+        let s = plan
+            .schedule
+            .as_ref()
+            .expect("a lisa plan lists its periods");
+        assert_eq!((s.interval, s.layers, s.periods.len()), (2, 1, periods));
+        let drawn: std::collections::BTreeSet<usize> =
+            s.periods.iter().flatten().copied().collect();
+        if periods == 1 {
+            assert_eq!(drawn.len(), 1);
+        }
+        let before = Checkpoint::open(d.path().join("model")).unwrap();
+        let after = Checkpoint::open(&stage).unwrap();
+        let layout = Layout::for_checkpoint(&before);
+        for t in before.tensors() {
+            let same = before.bytes(t) == after.bytes(after.get(&t.name).unwrap());
+            let trains = match layout.role(&t.name).layer {
+                Some(l) => drawn.contains(&l),
+                None => true,
+            };
+            assert_eq!(same, !trains, "{}: drawn layers {drawn:?}", t.name);
+        }
+        let state = read_json(&d.path().join(out).join("run.json"));
+        assert_eq!(state["stages"][0]["plan"]["strategy"], "lisa");
+        // The run's plan is `hft plan`'s LISA draw, and `--from` hands it on unchanged.
+        let model = d.path().join("model");
+        let (drawn_file, from_file) = (d.path().join("drawn.yaml"), d.path().join("from.yaml"));
+        let periods = periods.to_string();
+        let args = [
+            "plan",
+            model.to_str().unwrap(),
+            "--strategy",
+            "lisa",
+            "--lisa-layers",
+            "1",
+            "--lisa-interval",
+            "2",
+            "--lisa-periods",
+            &periods,
+            "--seed",
+            "4",
+            "--stage",
+            "0",
+            "-o",
+            drawn_file.to_str().unwrap(),
+            "--force",
+            "-q",
+        ];
+        run_ok(hft_serial(), &args);
+        let from = stage.join("plan.yaml");
+        let args = [
+            "plan",
+            model.to_str().unwrap(),
+            "--from",
+            from.to_str().unwrap(),
+            "-o",
+            from_file.to_str().unwrap(),
+            "--force",
+            "-q",
+        ];
+        run_ok(hft_serial(), &args);
+        let (drawn_plan, from_plan) = (
+            Plan::read(&drawn_file).unwrap(),
+            Plan::read(&from_file).unwrap(),
+        );
+        assert_eq!(drawn_plan.tensors, plan.tensors);
+        assert_eq!(drawn_plan.schedule, plan.schedule);
+        assert_eq!(from_plan, plan);
+    }
+}

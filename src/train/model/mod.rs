@@ -172,6 +172,40 @@ pub fn element_mask(
         .map_err(TrainError::map)
 }
 
+/// The model's structure over its parameters by name (all loaded: checked by the caller).
+fn assemble(
+    config: &Config,
+    map: &BTreeMap<String, Param>,
+) -> (Param, Vec<Block>, Param, Option<Param>) {
+    let take = |n: &str| map.get(n).cloned().expect("loaded above");
+    let opt = |n: String| map.get(&n).cloned();
+    let blocks = (0..config.layers)
+        .map(|l| {
+            let p = |n: &str| take(&format!("model.layers.{l}.{n}"));
+            Block {
+                input_norm: p("input_layernorm.weight"),
+                q: p("self_attn.q_proj.weight"),
+                k: p("self_attn.k_proj.weight"),
+                v: p("self_attn.v_proj.weight"),
+                q_bias: opt(format!("model.layers.{l}.self_attn.q_proj.bias")),
+                k_bias: opt(format!("model.layers.{l}.self_attn.k_proj.bias")),
+                v_bias: opt(format!("model.layers.{l}.self_attn.v_proj.bias")),
+                o: p("self_attn.o_proj.weight"),
+                post_norm: p("post_attention_layernorm.weight"),
+                gate: p("mlp.gate_proj.weight"),
+                up: p("mlp.up_proj.weight"),
+                down: p("mlp.down_proj.weight"),
+            }
+        })
+        .collect();
+    (
+        take("model.embed_tokens.weight"),
+        blocks,
+        take("model.norm.weight"),
+        opt("lm_head.weight".into()),
+    )
+}
+
 impl Llama {
     /// Checks a checkpoint's headers against the model its config.json describes (every
     /// tensor there with its shape, nothing unknown, floats only) without reading weights.
@@ -277,36 +311,16 @@ impl Llama {
             map.insert(name.clone(), p.clone());
             params.push((name.clone(), p));
         }
-        let take = |n: &str| map.get(n).cloned().expect("loaded above");
-        let opt = |n: String| map.get(&n).cloned();
-        let blocks = (0..config.layers)
-            .map(|l| {
-                let p = |n: &str| take(&format!("model.layers.{l}.{n}"));
-                Block {
-                    input_norm: p("input_layernorm.weight"),
-                    q: p("self_attn.q_proj.weight"),
-                    k: p("self_attn.k_proj.weight"),
-                    v: p("self_attn.v_proj.weight"),
-                    q_bias: opt(format!("model.layers.{l}.self_attn.q_proj.bias")),
-                    k_bias: opt(format!("model.layers.{l}.self_attn.k_proj.bias")),
-                    v_bias: opt(format!("model.layers.{l}.self_attn.v_proj.bias")),
-                    o: p("self_attn.o_proj.weight"),
-                    post_norm: p("post_attention_layernorm.weight"),
-                    gate: p("mlp.gate_proj.weight"),
-                    up: p("mlp.up_proj.weight"),
-                    down: p("mlp.down_proj.weight"),
-                }
-            })
-            .collect();
+        let (embed, blocks, norm, head) = assemble(&config, &map);
         let rope = std::sync::Arc::new(attention::Rope::new(
             config.head_dim,
             config.max_positions.max(1),
             config.rope_theta,
         ));
         Ok(Llama {
-            embed: take("model.embed_tokens.weight"),
-            norm: take("model.norm.weight"),
-            head: opt("lm_head.weight".into()),
+            embed,
+            norm,
+            head,
             blocks,
             rope,
             params,
@@ -316,6 +330,27 @@ impl Llama {
             compute: dtype,
             config,
         })
+    }
+
+    /// Makes exactly the tensors `trains` names trainable (whole) and the others frozen,
+    /// keeping every value: LISA's switch of layers. A tensor that starts to train becomes a
+    /// variable of its own (a copy) with an empty gradient sink; one that stops shares its
+    /// storage as a plain tensor. Element masks are not touched (LISA draws whole layers).
+    pub fn set_trainable(&mut self, trains: impl Fn(&str) -> bool) -> Result<()> {
+        for (name, p) in self.params.iter_mut() {
+            let want = trains(name);
+            if want == p.is_trainable() {
+                continue;
+            }
+            *p = if want {
+                Param::train(Var::from_tensor(p.tensor()).map_err(TrainError::map)?)
+            } else {
+                Param::Frozen(p.tensor().detach())
+            };
+        }
+        let map: BTreeMap<String, Param> = self.params.iter().cloned().collect();
+        (self.embed, self.blocks, self.norm, self.head) = assemble(&self.config, &map);
+        Ok(())
     }
 
     /// The same model with matrix products in `compute` (see [`Llama::compute`]).

@@ -414,6 +414,7 @@ mod tests {
         let mut objective = Objective::new(&data, &spec);
         let t = train_stage(
             start,
+            None,
             &spec,
             &mut objective,
             258,

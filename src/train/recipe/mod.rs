@@ -77,6 +77,10 @@ pub struct PlanSpec {
     /// `delta`: an `hft diff --format json` to rank by, instead of the previous stage's
     /// change as the run measures it.
     pub diff: Option<PathBuf>,
+    /// `lisa`: layers that train at a time (LISA's gamma; default 2).
+    pub layers: Option<usize>,
+    /// `lisa`: optimizer steps between draws of the trainable layers (LISA's K; default 20).
+    pub every: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -456,6 +460,8 @@ impl Recipe {
             plan.seed = plan.seed.or(self.plan.seed);
             plan.redraw = plan.redraw.or(self.plan.redraw);
             plan.order = plan.order.or(self.plan.order.clone());
+            plan.layers = plan.layers.or(self.plan.layers);
+            plan.every = plan.every.or(self.plan.every);
         }
         plan.ratio = s.ratio.or(plan.ratio);
         StageSpec {
