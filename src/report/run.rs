@@ -144,6 +144,24 @@ pub fn markdown(r: &RunReport) -> String {
             derived.join("\n")
         );
     }
+    let scheduled: Vec<String> = r
+        .stages
+        .iter()
+        .filter_map(|s| {
+            let d = s.plan.schedule.as_ref()?;
+            Some(format!(
+                "- stage {} `{}`: {} plan, {d}",
+                s.index, s.name, s.plan.strategy
+            ))
+        })
+        .collect();
+    if !scheduled.is_empty() {
+        let _ = writeln!(
+            m,
+            "\nPlans that change during their stage (each stage's plan.yaml lists them):\n\n{}",
+            scheduled.join("\n")
+        );
+    }
     let _ = writeln!(m, "\n## Change per category (‖Δ‖/‖W‖, from `hft diff` of each stage against the one before)\n");
     let cats: Vec<String> = r
         .stages

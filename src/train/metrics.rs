@@ -27,6 +27,9 @@ pub struct PlanInfo {
     /// ranked by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub derived_from: Option<String>,
+    /// For a schedule (`lisa`): the steps per period and the layers each period drew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 impl PlanInfo {
@@ -40,6 +43,14 @@ impl PlanInfo {
             total: p.summary.all.total,
             fraction: p.summary.all.fraction,
             derived_from: None,
+            schedule: p.schedule.as_ref().map(|s| {
+                let periods: Vec<String> = s.periods.iter().map(|l| format!("{l:?}")).collect();
+                format!(
+                    "layers drawn every {} steps: {}",
+                    s.interval,
+                    periods.join(", ")
+                )
+            }),
         }
     }
 }

@@ -29,6 +29,10 @@ stages:
     plan: {strategy: protect, ratio: 0.5, seed: 9}
     tasks: [text]
     data: [{path: text.jsonl, batch: 2}]
+  - name: d
+    plan: {strategy: magnitude, ratio: 0.5, seed: 9}
+    tasks: [pairs]
+    data: [{path: pairs.jsonl, batch: 2}]
 ";
 
 /// The plan `hft plan` draws on `model` ranked by `diff` (what a derived stage must equal).
@@ -107,6 +111,28 @@ fn delta_and_protect_stages_rank_by_what_the_run_measured() {
         "{}",
         diff["b"]
     );
+    // Stage d: `hft plan --strategy magnitude` on stage c's checkpoint (its weights).
+    let dp = Plan::read(&d.path().join("out/03-d/plan.yaml")).unwrap();
+    let want = d.path().join("expected-d.yaml");
+    let start = d.path().join("out/02-c");
+    let args = [
+        "plan",
+        start.to_str().unwrap(),
+        "--strategy",
+        "magnitude",
+        "--ratio",
+        "0.5",
+        "--seed",
+        "9",
+        "--stage",
+        "3",
+        "-o",
+        want.to_str().unwrap(),
+        "-q",
+    ];
+    run_ok(hft_serial(), &args);
+    assert_eq!(dp.tensors, Plan::read(&want).unwrap().tensors);
+    assert_eq!(dp.strategy, "magnitude");
     assert!(std::fs::read_to_string(d.path().join("out/report.md"))
         .unwrap()
         .contains("Plans derived from the run's own measurements"));
@@ -186,6 +212,10 @@ fn lisa_stages_train_each_periods_layers() {
         }
         let state = read_json(&d.path().join(out).join("run.json"));
         assert_eq!(state["stages"][0]["plan"]["strategy"], "lisa");
+        let said = state["stages"][0]["plan"]["schedule"].as_str().unwrap();
+        assert!(said.starts_with("layers drawn every 2 steps: ["), "{said}");
+        let report = std::fs::read_to_string(d.path().join(out).join("report.md")).unwrap();
+        assert!(report.contains(said), "{report}");
         // The run's plan is `hft plan`'s LISA draw, and `--from` hands it on unchanged.
         let model = d.path().join("model");
         let (drawn_file, from_file) = (d.path().join("drawn.yaml"), d.path().join("from.yaml"));
