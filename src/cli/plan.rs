@@ -129,8 +129,13 @@ pub struct PlanArgs {
     pub check: Option<PathBuf>,
     /// Print, write or export the plan file PLAN (checked against MODEL) instead of drawing
     /// one: how a plan `hft run` derived (a stage's plan.yaml) reaches the PyTorch trainers.
-    /// The drawing flags (--strategy, --ratio, ...) do not apply.
-    #[arg(long, value_name = "PLAN", conflicts_with = "check")]
+    /// The drawing flags (--strategy, --ratio, ...) do not apply, and are refused with it.
+    #[arg(long, value_name = "PLAN", conflicts_with_all = [
+        "check", "strategy", "ratio", "seed", "stage", "balance", "include", "exclude",
+        "train_embeddings", "freeze_embeddings", "train_head", "freeze_head", "train_norms",
+        "freeze_norms", "final_norm", "diff", "prefer", "lisa_layers", "lisa_interval",
+        "lisa_periods", "period",
+    ])]
     pub from: Option<PathBuf>,
 }
 

@@ -260,5 +260,17 @@ fn lisa_stages_train_each_periods_layers() {
         assert_eq!(drawn_plan.tensors, plan.tensors);
         assert_eq!(drawn_plan.schedule, plan.schedule);
         assert_eq!(from_plan, plan);
+        // A drawing flag beside --from would be ignored: refused instead.
+        let res = hft_serial()
+            .args([
+                "plan",
+                model.to_str().unwrap(),
+                "--from",
+                from.to_str().unwrap(),
+            ])
+            .args(["--strategy", "layer"])
+            .output()
+            .unwrap();
+        assert_eq!(res.status.code(), Some(2));
     }
 }
