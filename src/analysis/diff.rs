@@ -21,6 +21,8 @@ pub struct TensorDiff {
     pub name: String,
     pub layer: Option<usize>,
     pub category: Category,
+    /// The routed expert of a mixture-of-experts matrix, else null.
+    pub expert: Option<usize>,
     pub dtype: String,
     pub shape: Vec<usize>,
     /// `numeric` (float dtypes, figures below) or `bytes` (other dtypes: only `equal` and
@@ -50,6 +52,23 @@ pub struct CategoryRow {
     pub category: Category,
     #[serde(flatten)]
     pub figures: Figures,
+}
+
+/// One feed-forward block of a mixture-of-experts layer: a routed expert (`"7"`) or the shared
+/// expert(s) (`"shared"`), over its matrices.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpertRow {
+    pub layer: usize,
+    pub expert: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// Where a tensor sits among a layer's feed-forward blocks, for [`ExpertRow`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Block {
+    Expert(usize),
+    Shared,
 }
 
 /// One cell of the layer x category matrix.
@@ -87,6 +106,8 @@ pub struct DiffReport {
     pub tensors: Vec<TensorDiff>,
     pub layers: Vec<LayerRow>,
     pub categories: Vec<CategoryRow>,
+    /// Per routed expert and shared expert of each layer; empty for dense models.
+    pub experts: Vec<ExpertRow>,
     pub cells: Vec<CellRow>,
     pub total: Figures,
     pub only_in_a: Vec<String>,
@@ -209,10 +230,19 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, progress: &Progress) -> Result<DiffR
     let mut layers: BTreeMap<usize, Acc> = BTreeMap::new();
     let mut cats: BTreeMap<Category, Acc> = BTreeMap::new();
     let mut cells: BTreeMap<(Option<usize>, Category), Acc> = BTreeMap::new();
+    let mut experts: BTreeMap<(usize, Block), Acc> = BTreeMap::new();
     let mut total = Acc::default();
     for t in tensors.iter().filter(|t| t.compared == "numeric") {
         if let Some(l) = t.layer {
             layers.entry(l).or_default().merge(&t.acc);
+            let block = match t.expert {
+                Some(e) => Some(Block::Expert(e)),
+                None if t.category.is_shared_ffn() => Some(Block::Shared),
+                None => None,
+            };
+            if let Some(b) = block {
+                experts.entry((l, b)).or_default().merge(&t.acc);
+            }
         }
         cats.entry(t.category).or_default().merge(&t.acc);
         cells
@@ -238,6 +268,17 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, progress: &Progress) -> Result<DiffR
             .into_iter()
             .map(|(category, acc)| CategoryRow {
                 category,
+                figures: acc.figures(),
+            })
+            .collect(),
+        experts: experts
+            .into_iter()
+            .map(|((layer, b), acc)| ExpertRow {
+                layer,
+                expert: match b {
+                    Block::Expert(e) => e.to_string(),
+                    Block::Shared => "shared".into(),
+                },
                 figures: acc.figures(),
             })
             .collect(),
@@ -322,6 +363,7 @@ fn compare_pair(
         name: ta.name.clone(),
         layer: role.layer,
         category: role.category,
+        expert: role.expert,
         dtype: if ta.dtype == tb.dtype {
             dtype::name(ta.dtype)
         } else {

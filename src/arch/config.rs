@@ -34,6 +34,27 @@ pub struct ModelConfig {
     /// Falcon: `new_decoder_architecture` / `multi_query`.
     pub falcon_new_arch: bool,
     pub falcon_multi_query: bool,
+    /// Mixture of experts: routed experts per sparse layer (`num_local_experts`,
+    /// `num_experts`, `n_routed_experts`), their width, the shared expert's width
+    /// (`shared_expert_intermediate_size`) or count (`n_shared_experts`, each
+    /// `moe_intermediate_size` wide).
+    pub experts: Option<usize>,
+    pub moe_intermediate: Option<usize>,
+    pub shared_intermediate: Option<usize>,
+    pub shared_experts: Option<usize>,
+    /// Which layers are sparse: Qwen's `decoder_sparse_step` and `mlp_only_layers`,
+    /// DeepSeek's `first_k_dense_replace` and `moe_layer_freq`.
+    pub sparse_step: Option<usize>,
+    pub mlp_only_layers: Vec<usize>,
+    pub first_dense: Option<usize>,
+    pub moe_layer_freq: Option<usize>,
+    /// Multi-head latent attention (DeepSeek): `q_lora_rank` (absent or null: a plain
+    /// `q_proj`), `kv_lora_rank` and the per-head widths.
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: Option<usize>,
+    pub qk_nope_head_dim: Option<usize>,
+    pub qk_rope_head_dim: Option<usize>,
+    pub v_head_dim: Option<usize>,
     /// `head_dim` was in the file (not derived from hidden / heads).
     pub explicit_head_dim: bool,
     /// Size keys present with a value that is not a whole number (`-1`, `4.5`, `"4"`), as
@@ -51,6 +72,42 @@ pub mod keys {
     pub const VOCAB: &[&str] = &["vocab_size"];
     pub const HEAD_DIM: &[&str] = &["head_dim"];
     pub const MAX_POSITIONS: &[&str] = &["max_position_embeddings"];
+    pub const EXPERTS: &[&str] = &["num_local_experts", "num_experts", "n_routed_experts"];
+    pub const MOE_INTERMEDIATE: &[&str] = &["moe_intermediate_size"];
+    pub const SHARED_INTERMEDIATE: &[&str] = &["shared_expert_intermediate_size"];
+    pub const SHARED_EXPERTS: &[&str] = &["n_shared_experts"];
+    pub const SPARSE_STEP: &[&str] = &["decoder_sparse_step"];
+    pub const FIRST_DENSE: &[&str] = &["first_k_dense_replace"];
+    pub const MOE_LAYER_FREQ: &[&str] = &["moe_layer_freq"];
+    pub const Q_LORA_RANK: &[&str] = &["q_lora_rank"];
+    pub const KV_LORA_RANK: &[&str] = &["kv_lora_rank"];
+    pub const QK_NOPE_HEAD_DIM: &[&str] = &["qk_nope_head_dim"];
+    pub const QK_ROPE_HEAD_DIM: &[&str] = &["qk_rope_head_dim"];
+    pub const V_HEAD_DIM: &[&str] = &["v_head_dim"];
+
+    /// The size keys checked for whole numbers.
+    pub const SIZES: &[&[&str]] = &[
+        HIDDEN,
+        HEADS,
+        KV_HEADS,
+        LAYERS,
+        INTERMEDIATE,
+        VOCAB,
+        HEAD_DIM,
+        MAX_POSITIONS,
+        EXPERTS,
+        MOE_INTERMEDIATE,
+        SHARED_INTERMEDIATE,
+        SHARED_EXPERTS,
+        SPARSE_STEP,
+        FIRST_DENSE,
+        MOE_LAYER_FREQ,
+        Q_LORA_RANK,
+        KV_LORA_RANK,
+        QK_NOPE_HEAD_DIM,
+        QK_ROPE_HEAD_DIM,
+        V_HEAD_DIM,
+    ];
 }
 
 impl ModelConfig {
@@ -99,24 +156,39 @@ impl ModelConfig {
             mlp_bias: flag("mlp_bias"),
             bos: token("bos_token_id"),
             eos: token("eos_token_id"),
+            experts: get(keys::EXPERTS),
+            moe_intermediate: get(keys::MOE_INTERMEDIATE),
+            shared_intermediate: get(keys::SHARED_INTERMEDIATE),
+            shared_experts: get(keys::SHARED_EXPERTS),
+            sparse_step: get(keys::SPARSE_STEP),
+            mlp_only_layers: v
+                .get("mlp_only_layers")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_u64)
+                        .filter_map(|x| usize::try_from(x).ok())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            first_dense: get(keys::FIRST_DENSE),
+            moe_layer_freq: get(keys::MOE_LAYER_FREQ),
+            q_lora_rank: get(keys::Q_LORA_RANK),
+            kv_lora_rank: get(keys::KV_LORA_RANK),
+            qk_nope_head_dim: get(keys::QK_NOPE_HEAD_DIM),
+            qk_rope_head_dim: get(keys::QK_ROPE_HEAD_DIM),
+            v_head_dim: get(keys::V_HEAD_DIM),
             falcon_new_arch: flag("new_decoder_architecture").unwrap_or(false),
             falcon_multi_query: flag("multi_query").unwrap_or(false),
             explicit_head_dim: get(keys::HEAD_DIM).is_some(),
-            invalid: [
-                keys::HIDDEN,
-                keys::HEADS,
-                keys::KV_HEADS,
-                keys::LAYERS,
-                keys::INTERMEDIATE,
-                keys::VOCAB,
-                keys::HEAD_DIM,
-                keys::MAX_POSITIONS,
-            ]
-            .iter()
-            .filter_map(|ks| ks.iter().find_map(|k| v.get(*k).map(|x| (k, x))))
-            .filter(|(_, x)| !x.is_null() && x.as_u64().is_none_or(|n| usize::try_from(n).is_err()))
-            .map(|(k, x)| format!("`{k}` = {x}"))
-            .collect(),
+            invalid: keys::SIZES
+                .iter()
+                .filter_map(|ks| ks.iter().find_map(|k| v.get(*k).map(|x| (k, x))))
+                .filter(|(_, x)| {
+                    !x.is_null() && x.as_u64().is_none_or(|n| usize::try_from(n).is_err())
+                })
+                .map(|(k, x)| format!("`{k}` = {x}"))
+                .collect(),
         }
     }
 
@@ -141,7 +213,7 @@ impl ModelConfig {
         if let Some(bad) = self.invalid.first() {
             return Err(Error::input(path, format!("{bad} is not a whole number")));
         }
-        let bounds: [(&str, Option<usize>, usize); 7] = [
+        let bounds: [(&str, Option<usize>, usize); 16] = [
             ("hidden_size", self.hidden, 1 << 20),
             ("intermediate_size", self.intermediate, 1 << 22),
             ("num_hidden_layers", self.layers, 4096),
@@ -149,6 +221,19 @@ impl ModelConfig {
             ("num_key_value_heads", self.kv_heads, 1 << 14),
             ("head_dim", self.head_dim, 1 << 16),
             ("vocab_size", self.vocab, 1 << 24),
+            ("num_experts", self.experts, 1 << 14),
+            ("moe_intermediate_size", self.moe_intermediate, 1 << 22),
+            (
+                "shared_expert_intermediate_size",
+                self.shared_intermediate,
+                1 << 22,
+            ),
+            ("decoder_sparse_step", self.sparse_step, 4096),
+            ("moe_layer_freq", self.moe_layer_freq, 4096),
+            ("kv_lora_rank", self.kv_lora_rank, 1 << 20),
+            ("qk_nope_head_dim", self.qk_nope_head_dim, 1 << 16),
+            ("qk_rope_head_dim", self.qk_rope_head_dim, 1 << 16),
+            ("v_head_dim", self.v_head_dim, 1 << 16),
         ];
         for (key, v, max) in bounds {
             match v {

@@ -6,7 +6,7 @@
 //! names outside the layers, at a component boundary. `buffers` are parameter-free tensors
 //! (matched at the end of the whole name). `fused` says how a fused projection splits.
 
-use super::decoder::{Decoder, When};
+use super::decoder::{Decoder, Moe, Sparse, When};
 use super::Category::{self, *};
 
 /// How the rows (or, for GPT-2's transposed Conv1D, the columns) of a fused tensor split.
@@ -21,6 +21,9 @@ pub enum Fusion {
     QkvGrouped,
     /// `[gate | up]` stacked (Phi-3 `gate_up_proj`).
     GateUpStacked,
+    /// Per head `[k_nope_h | v_h]`: DeepSeek's `kv_b_proj`, which expands the compressed
+    /// key-value latent into each head's key (its non-rotary part) and value.
+    KvPerHead,
 }
 
 #[derive(Debug)]
@@ -53,6 +56,8 @@ static LLAMA_DECODER: Decoder = Decoder {
     ffn_norms: When::Never,
     tied_default: false,
     trainable: true,
+    moe: None,
+    mla: false,
 };
 
 /// Qwen2: q/k/v always carry biases, o never.
@@ -66,6 +71,67 @@ static QWEN2_DECODER: Decoder = Decoder {
 static QWEN3_DECODER: Decoder = Decoder {
     qk_norm: When::Always,
     trainable: false,
+    ..LLAMA_DECODER
+};
+
+/// Mixtral: Llama's attention, a sparse block of routed experts (`w1` gate, `w3` up, `w2`
+/// down) in every layer.
+static MIXTRAL_DECODER: Decoder = Decoder {
+    trainable: false,
+    moe: Some(&Moe {
+        block: "block_sparse_moe",
+        expert: ["w1", "w3", "w2"],
+        shared: None,
+        shared_gate: false,
+        sparse: Sparse::All,
+        router_bias: When::Never,
+    }),
+    ..LLAMA_DECODER
+};
+
+/// Qwen2-MoE: Qwen2's attention; routed experts and one shared expert with its own sigmoid
+/// gate, in the layers `decoder_sparse_step` and `mlp_only_layers` make sparse.
+static QWEN2_MOE_DECODER: Decoder = Decoder {
+    trainable: false,
+    moe: Some(&Moe {
+        block: "mlp",
+        expert: ["gate_proj", "up_proj", "down_proj"],
+        shared: Some("shared_expert"),
+        shared_gate: true,
+        sparse: Sparse::Step,
+        router_bias: When::Never,
+    }),
+    ..QWEN2_DECODER
+};
+
+/// Qwen3-MoE: Qwen3's attention (q/k norms), routed experts only.
+static QWEN3_MOE_DECODER: Decoder = Decoder {
+    trainable: false,
+    moe: Some(&Moe {
+        block: "mlp",
+        expert: ["gate_proj", "up_proj", "down_proj"],
+        shared: None,
+        shared_gate: false,
+        sparse: Sparse::Step,
+        router_bias: When::Never,
+    }),
+    ..QWEN3_DECODER
+};
+
+/// DeepSeek-V2 and V3: multi-head latent attention; dense feed-forward in the first
+/// `first_k_dense_replace` layers, then routed experts beside `n_shared_experts` shared ones
+/// (one module); V3's router carries a bias buffer for its load balancing.
+static DEEPSEEK_DECODER: Decoder = Decoder {
+    trainable: false,
+    moe: Some(&Moe {
+        block: "mlp",
+        expert: ["gate_proj", "up_proj", "down_proj"],
+        shared: Some("shared_experts"),
+        shared_gate: false,
+        sparse: Sparse::FirstDense,
+        router_bias: When::ModelTypes(&["deepseek_v3"]),
+    }),
+    mla: true,
     ..LLAMA_DECODER
 };
 
@@ -166,6 +232,129 @@ pub static QWEN3: Family = Family {
     fused: &[],
     transposed: false,
     decoder: Some(&QWEN3_DECODER),
+};
+
+/// Attention and norms of a Llama layer with the feed-forward block left out, for the
+/// mixture-of-experts tables below.
+macro_rules! attention_rules {
+    ($($extra:expr),* $(,)?) => {
+        &[
+            ("self_attn.q_proj", AttnQ),
+            ("self_attn.k_proj", AttnK),
+            ("self_attn.v_proj", AttnV),
+            ("self_attn.o_proj", AttnO),
+            ("input_layernorm", Norm),
+            ("post_attention_layernorm", Norm),
+            $($extra),*
+        ]
+    };
+}
+
+pub static MIXTRAL: Family = Family {
+    name: "mixtral",
+    model_types: &["mixtral"],
+    architectures: &["Mixtral"],
+    markers: &["block_sparse_moe.gate"],
+    layer: attention_rules![
+        ("block_sparse_moe.gate", Router),
+        ("block_sparse_moe.experts.*.w1", FfnGate),
+        ("block_sparse_moe.experts.*.w3", FfnUp),
+        ("block_sparse_moe.experts.*.w2", FfnDown),
+    ],
+    global: LLAMA_GLOBAL,
+    buffers: ROPE_BUFFERS,
+    fused: &[],
+    transposed: false,
+    decoder: Some(&MIXTRAL_DECODER),
+};
+
+pub static QWEN2_MOE: Family = Family {
+    name: "qwen2_moe",
+    model_types: &["qwen2_moe"],
+    architectures: &["Qwen2Moe"],
+    markers: &["mlp.shared_expert_gate"],
+    layer: attention_rules![
+        ("mlp.gate", Router),
+        ("mlp.shared_expert_gate", Router),
+        ("mlp.experts.*.gate_proj", FfnGate),
+        ("mlp.experts.*.up_proj", FfnUp),
+        ("mlp.experts.*.down_proj", FfnDown),
+        ("mlp.shared_expert.gate_proj", SharedFfnGate),
+        ("mlp.shared_expert.up_proj", SharedFfnUp),
+        ("mlp.shared_expert.down_proj", SharedFfnDown),
+        ("mlp.gate_proj", FfnGate),
+        ("mlp.up_proj", FfnUp),
+        ("mlp.down_proj", FfnDown),
+    ],
+    global: LLAMA_GLOBAL,
+    buffers: ROPE_BUFFERS,
+    fused: &[],
+    transposed: false,
+    decoder: Some(&QWEN2_MOE_DECODER),
+};
+
+pub static QWEN3_MOE: Family = Family {
+    name: "qwen3_moe",
+    model_types: &["qwen3_moe"],
+    architectures: &["Qwen3Moe"],
+    markers: &["self_attn.q_norm", "mlp.experts.0.gate_proj"],
+    layer: attention_rules![
+        ("self_attn.q_norm", AttnNorm),
+        ("self_attn.k_norm", AttnNorm),
+        ("mlp.gate", Router),
+        ("mlp.experts.*.gate_proj", FfnGate),
+        ("mlp.experts.*.up_proj", FfnUp),
+        ("mlp.experts.*.down_proj", FfnDown),
+        ("mlp.gate_proj", FfnGate),
+        ("mlp.up_proj", FfnUp),
+        ("mlp.down_proj", FfnDown),
+    ],
+    global: LLAMA_GLOBAL,
+    buffers: ROPE_BUFFERS,
+    fused: &[],
+    transposed: false,
+    decoder: Some(&QWEN3_MOE_DECODER),
+};
+
+/// DeepSeek-V2/V3. Multi-head latent attention maps onto the four attention categories so
+/// the HFT rule's "2 of 4" keeps its meaning: `q_proj`, or `q_a_proj` with `q_b_proj` (the
+/// low-rank query) and `q_a_layernorm`, are q; `kv_a_proj_with_mqa` (the compressed key-value
+/// latent and the rotary key) and `kv_a_layernorm` go with k; `kv_b_proj` is split per head
+/// into its key rows (k) and value rows (v); `o_proj` is o.
+pub static DEEPSEEK: Family = Family {
+    name: "deepseek",
+    model_types: &["deepseek_v2", "deepseek_v3"],
+    architectures: &["DeepseekV2", "DeepseekV3"],
+    markers: &["self_attn.kv_a_proj_with_mqa"],
+    layer: &[
+        ("self_attn.q_proj", AttnQ),
+        ("self_attn.q_a_proj", AttnQ),
+        ("self_attn.q_b_proj", AttnQ),
+        ("self_attn.q_a_layernorm", AttnNorm),
+        ("self_attn.kv_a_proj_with_mqa", AttnK),
+        ("self_attn.kv_a_layernorm", AttnNorm),
+        ("self_attn.kv_b_proj", AttnKv),
+        ("self_attn.o_proj", AttnO),
+        ("input_layernorm", Norm),
+        ("post_attention_layernorm", Norm),
+        ("mlp.gate", Router),
+        ("mlp.experts.*.gate_proj", FfnGate),
+        ("mlp.experts.*.up_proj", FfnUp),
+        ("mlp.experts.*.down_proj", FfnDown),
+        ("mlp.shared_experts.gate_proj", SharedFfnGate),
+        ("mlp.shared_experts.up_proj", SharedFfnUp),
+        ("mlp.shared_experts.down_proj", SharedFfnDown),
+        ("mlp.gate_proj", FfnGate),
+        ("mlp.up_proj", FfnUp),
+        ("mlp.down_proj", FfnDown),
+    ],
+    global: LLAMA_GLOBAL,
+    // V3's router bias is updated by load balancing, never by gradients (a buffer in
+    // transformers).
+    buffers: &["rotary_emb.inv_freq", "mlp.gate.e_score_correction_bias"],
+    fused: &[("self_attn.kv_b_proj", Fusion::KvPerHead)],
+    transposed: false,
+    decoder: Some(&DEEPSEEK_DECODER),
 };
 
 pub static GEMMA: Family = Family {
@@ -327,5 +516,6 @@ pub static FALCON: Family = Family {
 
 /// Every family, in the order name-based detection tries them (most specific first).
 pub static FAMILIES: &[&Family] = &[
-    &PHI3, &GEMMA, &QWEN3, &QWEN2, &PHI, &GPT2, &GPT_NEOX, &FALCON, &LLAMA, &MISTRAL,
+    &DEEPSEEK, &MIXTRAL, &QWEN2_MOE, &QWEN3_MOE, &PHI3, &GEMMA, &QWEN3, &QWEN2, &PHI, &GPT2,
+    &GPT_NEOX, &FALCON, &LLAMA, &MISTRAL,
 ];

@@ -31,6 +31,7 @@ pub enum Category {
     AttnV,
     AttnO,
     AttnQkv,
+    AttnKv,
     AttnNorm,
     FfnGate,
     FfnUp,
@@ -38,6 +39,10 @@ pub enum Category {
     FfnGateUp,
     FfnIn,
     FfnOut,
+    SharedFfnGate,
+    SharedFfnUp,
+    SharedFfnDown,
+    Router,
     Norm,
     FinalNorm,
     LmHead,
@@ -47,7 +52,7 @@ pub enum Category {
 }
 
 impl Category {
-    pub const ALL: [Category; 20] = [
+    pub const ALL: [Category; 25] = [
         Category::Embed,
         Category::PosEmbed,
         Category::AttnQ,
@@ -55,6 +60,7 @@ impl Category {
         Category::AttnV,
         Category::AttnO,
         Category::AttnQkv,
+        Category::AttnKv,
         Category::AttnNorm,
         Category::FfnGate,
         Category::FfnUp,
@@ -62,6 +68,10 @@ impl Category {
         Category::FfnGateUp,
         Category::FfnIn,
         Category::FfnOut,
+        Category::SharedFfnGate,
+        Category::SharedFfnUp,
+        Category::SharedFfnDown,
+        Category::Router,
         Category::Norm,
         Category::FinalNorm,
         Category::LmHead,
@@ -79,6 +89,7 @@ impl Category {
             Category::AttnV => "attn_v",
             Category::AttnO => "attn_o",
             Category::AttnQkv => "attn_qkv",
+            Category::AttnKv => "attn_kv",
             Category::AttnNorm => "attn_norm",
             Category::FfnGate => "ffn_gate",
             Category::FfnUp => "ffn_up",
@@ -86,6 +97,10 @@ impl Category {
             Category::FfnGateUp => "ffn_gate_up",
             Category::FfnIn => "ffn_in",
             Category::FfnOut => "ffn_out",
+            Category::SharedFfnGate => "shared_ffn_gate",
+            Category::SharedFfnUp => "shared_ffn_up",
+            Category::SharedFfnDown => "shared_ffn_down",
+            Category::Router => "router",
             Category::Norm => "norm",
             Category::FinalNorm => "final_norm",
             Category::LmHead => "lm_head",
@@ -108,10 +123,12 @@ impl Category {
                 | Category::AttnV
                 | Category::AttnO
                 | Category::AttnQkv
+                | Category::AttnKv
         )
     }
 
-    /// Feed-forward projections, the "1.5 of 3" group of the HFT rule.
+    /// Feed-forward projections, the "1.5 of 3" group of the HFT rule (of a dense layer, of
+    /// each expert, of the shared expert).
     pub fn is_ffn(self) -> bool {
         matches!(
             self,
@@ -121,12 +138,24 @@ impl Category {
                 | Category::FfnGateUp
                 | Category::FfnIn
                 | Category::FfnOut
+                | Category::SharedFfnGate
+                | Category::SharedFfnUp
+                | Category::SharedFfnDown
         )
     }
 
-    /// Weight matrices of a transformer layer (what "half of all matrices" draws from).
+    /// The always-on expert of a mixture-of-experts layer (Qwen2-MoE, DeepSeek).
+    pub fn is_shared_ffn(self) -> bool {
+        matches!(
+            self,
+            Category::SharedFfnGate | Category::SharedFfnUp | Category::SharedFfnDown
+        )
+    }
+
+    /// Weight matrices of a transformer layer (what "half of all matrices" draws from): the
+    /// attention and feed-forward projections and the routers of mixture-of-experts layers.
     pub fn is_matrix(self) -> bool {
-        self.is_attention() || self.is_ffn()
+        self.is_attention() || self.is_ffn() || self == Category::Router
     }
 }
 
@@ -146,6 +175,8 @@ pub struct Role {
     pub owner: Option<Category>,
     /// The module path (the name without its final `.weight`/`.bias`).
     pub module: String,
+    /// For a routed expert's matrix (`mlp.experts.7.up_proj`): the expert's index.
+    pub expert: Option<usize>,
 }
 
 impl Role {
@@ -176,6 +207,24 @@ impl Part {
 static LAYER_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.").expect("valid regex")
 });
+
+/// A routed expert inside a layer's module path (`mlp.experts.7.`, `block_sparse_moe.experts.7.`).
+static EXPERT_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?:^|\.)experts\.(\d+)\.").expect("valid regex"));
+
+/// A layer-relative module path with its expert index replaced by `*` (the form the family
+/// tables list: `mlp.experts.*.up_proj`), and that index.
+fn expert_pattern(rel_module: &str) -> (std::borrow::Cow<'_, str>, Option<usize>) {
+    let probe = format!("{rel_module}.");
+    match EXPERT_RE.captures(&probe) {
+        Some(c) => {
+            let m = c.get(1).expect("group");
+            let pattern = format!("{}*{}", &rel_module[..m.start()], &rel_module[m.end()..]);
+            (pattern.into(), c[1].parse().ok())
+        }
+        None => (rel_module.into(), None),
+    }
+}
 
 /// The layout of one model: its family (or none) and its config.
 #[derive(Debug, Clone)]
@@ -249,11 +298,18 @@ impl Layout {
             Some(f) => vec![f],
             None => FAMILIES.to_vec(),
         };
+        let rel = name.get(rel_start..).unwrap_or("");
+        let rel_module = rel.rsplit_once('.').map_or("", |(m, _)| m);
+        let (pattern, expert) = match layer {
+            Some(_) => expert_pattern(rel_module),
+            None => (rel_module.into(), None),
+        };
         let role = |category, owner| Role {
             layer,
             category,
             owner,
             module: module.to_string(),
+            expert,
         };
         for f in &families {
             if f.buffers.iter().any(|b| ends_at_boundary(name, b)) {
@@ -265,12 +321,7 @@ impl Layout {
         }
         let found = families.iter().find_map(|f| {
             if layer.is_some() {
-                let rel = name.get(rel_start..).unwrap_or("");
-                let rel_module = rel.rsplit_once('.').map_or("", |(m, _)| m);
-                f.layer
-                    .iter()
-                    .find(|(k, _)| *k == rel_module)
-                    .map(|(_, c)| *c)
+                f.layer.iter().find(|(k, _)| *k == pattern).map(|(_, c)| *c)
             } else {
                 f.global
                     .iter()
@@ -281,7 +332,10 @@ impl Layout {
         match found {
             Some(c) if param == "bias" && c.is_matrix() => role(Category::Bias, Some(c)),
             Some(Category::AttnNorm) => {
-                let owner = if module.ends_with("k_norm") || module.ends_with("k_layernorm") {
+                let owner = if module.ends_with("k_norm")
+                    || module.ends_with("k_layernorm")
+                    || module.ends_with("kv_a_layernorm")
+                {
                     Category::AttnK
                 } else {
                     Category::AttnQ
@@ -344,6 +398,20 @@ impl Layout {
                 ]
             }
             Fusion::QkvPerHead => self.per_head(n, axis)?,
+            Fusion::KvPerHead => {
+                let h = self.dims.heads?;
+                let (nope, v) = (self.dims.qk_nope_head_dim?, self.dims.v_head_dim?);
+                if h.checked_mul(nope + v)? != n {
+                    return None;
+                }
+                let (mut k, mut vr) = (Vec::new(), Vec::new());
+                for head in 0..h {
+                    let s = head * (nope + v);
+                    k.push((s, s + nope));
+                    vr.push((s + nope, s + nope + v));
+                }
+                vec![part(Category::AttnK, k), part(Category::AttnV, vr)]
+            }
             Fusion::QkvGrouped => {
                 let (h, d) = (self.dims.heads?, self.dims.head_dim?);
                 let groups = if self.dims.falcon_new_arch {

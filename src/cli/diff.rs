@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use hft::arch::Layout;
 use hft::defaults;
-use hft::error::Result;
+use hft::error::{Error, Result};
 use hft::io::output;
 use hft::progress::{Level, Progress, Sink};
 use hft::report::{self, diff::By, diff::SortKey, Format};
@@ -57,6 +58,21 @@ pub fn run(args: &DiffArgs, sink: &dyn Sink) -> Result<String> {
     let a = open(&args.a, sink)?;
     let b = open(&args.b, sink)?;
     let progress = Progress::bytes(sink, a.total_bytes() + b.total_bytes(), "diff");
+    if args.by == Some(By::Expert) {
+        // Said before a long diff rather than after it.
+        let layout = Layout::for_checkpoint(&a);
+        let moe = a.tensors().iter().any(|t| {
+            let r = layout.role(&t.name);
+            r.expert.is_some() || r.category.is_shared_ffn()
+        });
+        if !moe {
+            return Err(Error::usage(format!(
+                "--by expert: {} has no mixture-of-experts layers (family {})",
+                args.a.display(),
+                layout.family_name()
+            )));
+        }
+    }
     let r = hft::analysis::diff::diff(&a, &b, &progress)?;
     if let Some(p) = &args.plot {
         report::plot::heatmap(&report::plot::diff_heatmap(&r), p, sink)?;

@@ -350,8 +350,20 @@ impl Plan {
         if problems.is_empty() {
             // The summary is what reports and exports show: it must say what the entries do
             // (a hand-edited entry leaves it stale).
+            // Buffers (rotary tables, DeepSeek's router bias) are no parameters: the summary
+            // leaves them out.
+            let layout = Layout {
+                family: crate::arch::FAMILIES
+                    .iter()
+                    .copied()
+                    .find(|f| f.name == self.model.family),
+                dims: Default::default(),
+            };
             let (mut trainable, mut total) = (0u64, 0u64);
             for &(name, shape) in &list {
+                if layout.role(name).category == crate::arch::Category::Buffer {
+                    continue;
+                }
                 total += shape.iter().product::<usize>() as u64;
                 trainable += self.tensors.get(name).map_or(0, |e| e.trainable(shape));
             }

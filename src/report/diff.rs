@@ -15,6 +15,8 @@ crate::choice! {
         Tensor = "tensor",
         Layer = "layer",
         Category = "category",
+        /// Each routed expert and shared expert of each mixture-of-experts layer.
+        Expert = "expert",
     }
 }
 
@@ -65,7 +67,7 @@ fn sort_rows(rows: &mut [Row], key: Option<SortKey>) {
 fn rows(r: &DiffReport, by: By) -> (Vec<&'static str>, Vec<Row>) {
     match by {
         By::Tensor => (
-            vec!["name", "layer", "category", "dtype", "shape"],
+            vec!["name", "layer", "category", "expert", "dtype", "shape"],
             r.tensors
                 .iter()
                 .map(|t| Row {
@@ -73,6 +75,7 @@ fn rows(r: &DiffReport, by: By) -> (Vec<&'static str>, Vec<Row>) {
                     extra: vec![
                         t.layer.map_or(String::new(), |l| l.to_string()),
                         t.category.to_string(),
+                        t.expert.map_or(String::new(), |e| e.to_string()),
                         t.dtype.clone(),
                         t.shape
                             .iter()
@@ -92,6 +95,17 @@ fn rows(r: &DiffReport, by: By) -> (Vec<&'static str>, Vec<Row>) {
                     key: l.layer.to_string(),
                     extra: vec![],
                     f: l.figures,
+                })
+                .collect(),
+        ),
+        By::Expert => (
+            vec!["layer", "expert"],
+            r.experts
+                .iter()
+                .map(|e| Row {
+                    key: e.layer.to_string(),
+                    extra: vec![e.expert.clone()],
+                    f: e.figures,
                 })
                 .collect(),
         ),
@@ -172,6 +186,9 @@ fn short(c: Category) -> &'static str {
         Category::FfnGateUp => "gate_up",
         Category::FfnIn => "ffn_in",
         Category::FfnOut => "ffn_out",
+        Category::SharedFfnGate => "s_gate",
+        Category::SharedFfnUp => "s_up",
+        Category::SharedFfnDown => "s_down",
         Category::Norm => "norm",
         Category::Bias => "bias",
         Category::Buffer => "buffer",
@@ -328,12 +345,23 @@ pub fn listing(r: &DiffReport, by: By, sort: Option<SortKey>) -> String {
     let (head, mut rows) = rows(r, by);
     sort_rows(&mut rows, sort);
     let mut o = String::new();
+    // Expert rows are keyed by layer and expert; the other listings by their first column.
+    let key_head = if by == By::Expert {
+        "layer expert".to_string()
+    } else {
+        head[0].to_string()
+    };
     let _ = writeln!(
         o,
         "{:>9} {:>9} {:>9} {:>8} {:>8} {:>12}  {}",
-        "rel_delta", "l2_delta", "max_abs", "cosine", "changed", "numel", head[0]
+        "rel_delta", "l2_delta", "max_abs", "cosine", "changed", "numel", key_head
     );
     for row in rows {
+        let key = if by == By::Expert {
+            format!("{:>5} {}", row.key, row.extra.join(" "))
+        } else {
+            row.key.clone()
+        };
         let _ = writeln!(
             o,
             "{:>9} {:>9} {:>9} {:>8} {:>7}% {:>12}  {}",
@@ -343,7 +371,7 @@ pub fn listing(r: &DiffReport, by: By, sort: Option<SortKey>) -> String {
             num(row.f.cosine),
             format!("{:.1}", row.f.changed_frac * 100.0),
             row.f.numel,
-            row.key
+            key
         );
     }
     o

@@ -1,5 +1,6 @@
 //! A plan as a terminal map: one line per layer showing which attention matrices, FFN
-//! matrices and norms train, the layer's realised fraction, then the tensors outside the
+//! matrices (per routed expert, a digit: how many of its matrices train), norms and routers
+//! train, the layer's realised fraction, then the tensors outside the
 //! layers, the totals and the notes. Meant to be read at a glance before training.
 
 use std::collections::BTreeMap;
@@ -41,6 +42,9 @@ fn thousands(n: u64) -> String {
     out
 }
 
+/// Experts listed per layer before the map abbreviates.
+const MAX_EXPERTS_SHOWN: usize = 64;
+
 /// The map of `plan` over `model` (which the plan must fit).
 pub fn map(model: &ModelInfo, plan: &Plan) -> String {
     let us = units::units(model);
@@ -50,9 +54,23 @@ pub fn map(model: &ModelInfo, plan: &Plan) -> String {
     let mut layer_counts: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
     let mut global = Vec::new();
     let mut norm_ordinal: BTreeMap<usize, usize> = BTreeMap::new();
+    // layer -> expert -> (matrices training whole, any in part)
+    let mut experts: BTreeMap<usize, BTreeMap<usize, (u32, bool)>> = BTreeMap::new();
     for s in &states {
         let u = &us.units[s.unit];
         match u.layer {
+            Some(l) if u.expert.is_some() => {
+                let e = experts.entry(l).or_default();
+                let cell = e.entry(u.expert.unwrap_or(0)).or_default();
+                if s.total > 0 && s.trainable == s.total {
+                    cell.0 += 1;
+                } else if s.trainable > 0 {
+                    cell.1 = true;
+                }
+                let c = layer_counts.entry(l).or_default();
+                c.0 += s.trainable;
+                c.1 += s.total;
+            }
             Some(l) => {
                 let label = if u.kind == Kind::Norm {
                     let o = norm_ordinal.entry(l).or_default();
@@ -60,6 +78,8 @@ pub fn map(model: &ModelInfo, plan: &Plan) -> String {
                     u.label(*o - 1)
                 } else if u.kind == Kind::Other {
                     "?".to_string()
+                } else if u.kind == Kind::Router {
+                    "r".to_string()
                 } else {
                     u.label(0)
                 };
@@ -88,7 +108,39 @@ pub fn map(model: &ModelInfo, plan: &Plan) -> String {
             }
         }
     }
-    let kinds = [Kind::Attention, Kind::Ffn, Kind::Norm, Kind::Other];
+    // Routed experts: one digit per expert, how many of its matrices train whole (`~` when
+    // some train in part), after the layer's dense or shared-expert cells.
+    for (l, es) in &experts {
+        let digits: String = es
+            .values()
+            .take(MAX_EXPERTS_SHOWN)
+            .map(|&(n, part)| {
+                if part {
+                    '~'
+                } else {
+                    char::from_digit(n.min(9), 10).unwrap_or('9')
+                }
+            })
+            .collect();
+        let more = es.len().saturating_sub(MAX_EXPERTS_SHOWN);
+        let tail = if more > 0 {
+            format!("..(+{more})")
+        } else {
+            String::new()
+        };
+        rows.entry(*l)
+            .or_default()
+            .entry(Kind::Ffn)
+            .or_default()
+            .push(format!("e:{digits}{tail}"));
+    }
+    let kinds = [
+        Kind::Attention,
+        Kind::Ffn,
+        Kind::Norm,
+        Kind::Router,
+        Kind::Other,
+    ];
     let joined: BTreeMap<usize, Vec<String>> = rows
         .iter()
         .map(|(l, k)| {
@@ -117,7 +169,7 @@ pub fn map(model: &ModelInfo, plan: &Plan) -> String {
         fp.tensors,
         thousands(fp.params)
     );
-    let heads = ["attention", "ffn", "norms", "other"];
+    let heads = ["attention", "ffn", "norms", "router", "other"];
     let mut header = String::from("layer  ");
     for i in 0..kinds.len() {
         if show[i] {

@@ -20,7 +20,10 @@ use crate::io::Checkpoint;
 use crate::rng;
 
 fn scored(kind: Kind) -> bool {
-    matches!(kind, Kind::Attention | Kind::Ffn | Kind::Norm)
+    matches!(
+        kind,
+        Kind::Attention | Kind::Ffn | Kind::Norm | Kind::Router
+    )
 }
 
 /// RMS of each matrix and norm unit (over the elements of its members: a part of a fused
@@ -233,7 +236,7 @@ pub(crate) fn by_score(
         v
     };
     let matrices: Vec<usize> = (0..us.units.len())
-        .filter(|&i| matches!(us.units[i].kind, Kind::Attention | Kind::Ffn))
+        .filter(|&i| matches!(us.units[i].kind, Kind::Attention | Kind::Ffn | Kind::Router))
         .collect();
     let total: u64 = matrices.iter().map(|&i| us.units[i].params).sum();
     let target = r * total as f64;

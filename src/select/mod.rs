@@ -20,6 +20,8 @@ mod strategies;
 pub mod units;
 
 #[cfg(test)]
+mod moe_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::PathBuf;

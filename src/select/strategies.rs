@@ -101,35 +101,57 @@ fn choose(us: &Units, idx: &[usize], k: usize, key: u64, balance: Balance) -> Ve
         .collect()
 }
 
+/// Where a unit is drawn in the category rule: its layer and, in a mixture-of-experts layer,
+/// which feed-forward block (a dense layer's is `Dense`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Block {
+    Dense,
+    Shared,
+    Expert(usize),
+}
+
 /// The paper's category-level rule, generalised to any ratio: in each layer, `ratio` of each
-/// group (attention matrices, FFN matrices, norms) trains, with fractional counts spread over
-/// the layers by [`split_counts`].
+/// group (attention matrices, FFN matrices, norms, routers) trains, with fractional counts
+/// spread over the layers by [`split_counts`]. In a mixture-of-experts layer the FFN rule
+/// holds per feed-forward block: each routed expert's and the shared expert's gate, up and
+/// down are a group of their own, and fractions spread over all blocks of the model.
 pub(crate) fn category(us: &Units, opts: &SelectOptions, seed: u64) -> Drawn {
     let r = opts.ratio;
     let mut picks: Vec<Pick> = us.units.iter().map(|u| default_pick(u.kind)).collect();
     let mut notes = Vec::new();
-    for kind in [Kind::Attention, Kind::Ffn, Kind::Norm] {
-        let mut by_layer: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for kind in [Kind::Attention, Kind::Ffn, Kind::Norm, Kind::Router] {
+        let mut groups: BTreeMap<(usize, Block), Vec<usize>> = BTreeMap::new();
         for (i, u) in us.units.iter().enumerate() {
             if u.kind == kind {
                 if let Some(l) = u.layer {
-                    by_layer.entry(l).or_default().push(i);
+                    let block = match u.expert {
+                        Some(e) => Block::Expert(e),
+                        None if u.category.is_shared_ffn() => Block::Shared,
+                        None => Block::Dense,
+                    };
+                    groups.entry((l, block)).or_default().push(i);
                 }
             }
         }
-        if by_layer.is_empty() {
+        if groups.is_empty() {
             continue;
         }
         let name = kind.as_str();
-        let ns: Vec<usize> = by_layer.values().map(Vec::len).collect();
+        let ns: Vec<usize> = groups.values().map(Vec::len).collect();
         let counts = split_counts(r, &ns, rng::key(seed, &format!("category/{name}/layers")));
-        for ((layer, idx), &k) in by_layer.iter().zip(&counts) {
-            let key = rng::key(seed, &format!("category/{name}/layer/{layer}"));
-            for i in choose(us, idx, k, key, opts.balance) {
+        for (((layer, block), idx), &k) in groups.iter().zip(&counts) {
+            // Dense layers keep the keys they had before experts existed (same plans).
+            let key = match block {
+                Block::Dense => format!("category/{name}/layer/{layer}"),
+                Block::Shared => format!("category/{name}/layer/{layer}/shared"),
+                Block::Expert(e) => format!("category/{name}/layer/{layer}/expert/{e}"),
+            };
+            for i in choose(us, idx, k, rng::key(seed, &key), opts.balance) {
                 picks[i] = Pick::Train;
             }
         }
-        notes.push(count_note(name, r, &ns, &counts));
+        let per_block = groups.keys().any(|(_, b)| *b != Block::Dense);
+        notes.push(count_note(name, r, &ns, &counts, per_block));
     }
     if opts.balance == Balance::Params {
         notes.push(
@@ -148,9 +170,19 @@ pub(crate) fn category(us: &Units, opts: &SelectOptions, seed: u64) -> Drawn {
 }
 
 /// How a group's per-layer counts came out, for the plan's notes.
-fn count_note(name: &str, r: f64, ns: &[usize], counts: &[usize]) -> String {
+fn count_note(name: &str, r: f64, ns: &[usize], counts: &[usize], per_block: bool) -> String {
     let layers = ns.len();
     let n = ns[0];
+    let (layer, every) = if per_block {
+        ("block", "every block")
+    } else {
+        ("layer", "every layer")
+    };
+    let blocks = if per_block {
+        "; a block is a dense layer's feed-forward, one routed expert or a layer's shared expert"
+    } else {
+        ""
+    };
     if ns.iter().all(|&x| x == n) {
         let t = r * n as f64;
         let lo = counts.iter().min().copied().unwrap_or(0);
@@ -161,12 +193,12 @@ fn count_note(name: &str, r: f64, ns: &[usize], counts: &[usize]) -> String {
             } else {
                 format!(" ({r} x {n} = {} rounded)", fmt_num(t))
             };
-            format!("{name}: {lo} of {n} in every layer{exact}")
+            format!("{name}: {lo} of {n} in {every}{exact}{blocks}")
         } else {
             let n_hi = counts.iter().filter(|&&c| c == hi).count();
             format!(
-                "{name}: {r} x {n} = {} per layer, so {hi} of {n} in {n_hi} of {layers} layers (drawn) \
-                 and {lo} of {n} in the other {}",
+                "{name}: {r} x {n} = {} per {layer}, so {hi} of {n} in {n_hi} of {layers} {layer}s \
+                 (drawn) and {lo} of {n} in the other {}{blocks}",
                 fmt_num(t),
                 layers - n_hi
             )
@@ -175,8 +207,8 @@ fn count_note(name: &str, r: f64, ns: &[usize], counts: &[usize]) -> String {
         let total: usize = ns.iter().sum();
         let k: usize = counts.iter().sum();
         format!(
-            "{name}: layers hold different numbers of units; {r} of each, rounded per layer \
-             (fractions spread over drawn layers): {k} of {total} in all"
+            "{name}: {layer}s hold different numbers of units; {r} of each, rounded per {layer} \
+             (fractions spread over drawn {layer}s): {k} of {total} in all{blocks}"
         )
     }
 }
@@ -235,7 +267,7 @@ pub(crate) fn model(us: &Units, r: f64, seed: u64) -> Drawn {
     let mut picks: Vec<Pick> = us.units.iter().map(|u| default_pick(u.kind)).collect();
     let mut notes = Vec::new();
     for (label, kinds) in [
-        ("matrices", &[Kind::Attention, Kind::Ffn][..]),
+        ("matrices", &[Kind::Attention, Kind::Ffn, Kind::Router][..]),
         ("norms", &[Kind::Norm][..]),
     ] {
         let pool: Vec<usize> = (0..us.units.len())

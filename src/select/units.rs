@@ -32,6 +32,8 @@ pub enum Kind {
     Embed,
     Head,
     FinalNorm,
+    /// The routers of mixture-of-experts layers.
+    Router,
     /// Tensors the layout does not recognise.
     Other,
 }
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Embed => "embeddings",
             Kind::Head => "head",
             Kind::FinalNorm => "final norm",
+            Kind::Router => "routers",
             Kind::Other => "other",
         }
     }
@@ -54,6 +57,8 @@ impl Kind {
 pub struct Unit {
     pub layer: Option<usize>,
     pub category: Category,
+    /// The routed expert a feed-forward matrix belongs to.
+    pub expert: Option<usize>,
     /// The module path for norms and unknown tensors (several share a category in a layer);
     /// empty for matrices and parts, which are one per category and layer.
     pub module: String,
@@ -77,6 +82,9 @@ impl Unit {
             Category::FfnGateUp => "gate_up".into(),
             Category::FfnIn => "in".into(),
             Category::FfnOut => "out".into(),
+            Category::SharedFfnGate => "sgate".into(),
+            Category::SharedFfnUp => "sup".into(),
+            Category::SharedFfnDown => "sdown".into(),
             Category::Norm => format!("n{}", norm_ordinal + 1),
             c => c.as_str().into(),
         }
@@ -112,6 +120,7 @@ fn kind_of(category: Category, layer: Option<usize>) -> Kind {
         Category::Embed | Category::PosEmbed => Kind::Embed,
         Category::LmHead => Kind::Head,
         Category::FinalNorm => Kind::FinalNorm,
+        Category::Router => Kind::Router,
         _ => Kind::Other,
     }
 }
@@ -126,15 +135,19 @@ fn part_params(shape: &[usize], axis: usize, ranges: &[(usize, usize)]) -> u64 {
 /// Groups a model's tensors into units.
 pub fn units(model: &ModelInfo) -> Units {
     let layout = &model.layout;
-    let mut map: IndexMap<(Option<usize>, Category, String), Unit> = IndexMap::new();
+    type Key = (Option<usize>, Option<usize>, Category, String);
+    let mut map: IndexMap<Key, Unit> = IndexMap::new();
     let mut buffers = Vec::new();
     let mut unsplit = Vec::new();
-    let mut add = |layer: Option<usize>, category: Category, module: String, m: Member, p: u64| {
+    // `at` is (layer, expert).
+    let mut add = |at: (Option<usize>, Option<usize>), category, module: String, m, p| {
+        let (layer, expert) = at;
         let u = map
-            .entry((layer, category, module.clone()))
+            .entry((layer, expert, category, module.clone()))
             .or_insert_with(|| Unit {
                 layer,
                 category,
+                expert,
                 module,
                 kind: kind_of(category, layer),
                 members: Vec::new(),
@@ -150,6 +163,7 @@ pub fn units(model: &ModelInfo) -> Units {
             continue;
         }
         let cat = role.unit_category();
+        let at = (role.layer, role.expert);
         let numel = shape.iter().product::<usize>() as u64;
         if cat.is_matrix() {
             if let Some(parts) = layout.parts(name, shape) {
@@ -159,7 +173,7 @@ pub fn units(model: &ModelInfo) -> Units {
                         tensor: ti,
                         part: Some((part.axis, part.ranges)),
                     };
-                    add(role.layer, part.category, String::new(), m, p);
+                    add(at, part.category, String::new(), m, p);
                 }
                 continue;
             }
@@ -170,13 +184,13 @@ pub fn units(model: &ModelInfo) -> Units {
                 tensor: ti,
                 part: None,
             };
-            add(role.layer, cat, String::new(), m, numel);
+            add(at, cat, String::new(), m, numel);
         } else {
             let m = Member {
                 tensor: ti,
                 part: None,
             };
-            add(role.layer, cat, role.module.clone(), m, numel);
+            add(at, cat, role.module.clone(), m, numel);
         }
     }
     let mut units: Vec<Unit> = map.into_values().collect();
@@ -184,8 +198,8 @@ pub fn units(model: &ModelInfo) -> Units {
     units.sort_by(|a, b| {
         let la = a.layer.map_or(usize::MAX, |l| l);
         let lb = b.layer.map_or(usize::MAX, |l| l);
-        (la, a.kind, a.category)
-            .cmp(&(lb, b.kind, b.category))
+        (la, a.kind, a.expert, a.category)
+            .cmp(&(lb, b.kind, b.expert, b.category))
             .then_with(|| crate::io::checkpoint::natural_cmp(&a.module, &b.module))
     });
     Units {

@@ -19,6 +19,7 @@ mod fuzz;
 #[cfg(feature = "train")]
 mod import;
 mod mergekit;
+mod moe;
 mod outputs;
 mod plan;
 #[cfg(feature = "train")]

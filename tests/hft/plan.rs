@@ -157,30 +157,31 @@ fn map_on_stdout_and_file_with_map_on_stderr() {
 
 #[test]
 fn a_config_json_alone_gives_the_same_plan() {
-    let ck = run_ok(
-        hft_bin(),
-        &[
-            "plan",
-            fixture("llama-base").to_str().unwrap(),
-            "--emit",
-            "yaml",
-            "--seed",
-            "4",
-        ],
-    );
-    let cfg = fixture("llama-base").join("config.json");
-    let from_cfg = run_ok(
-        hft_bin(),
-        &[
-            "plan",
-            cfg.to_str().unwrap(),
-            "--emit",
-            "yaml",
-            "--seed",
-            "4",
-        ],
-    );
-    assert_eq!(ck, from_cfg);
+    // Dense, and each mixture-of-experts layout (experts, shared experts, routers, dense first
+    // layers, latent attention): the config's names and shapes are the checkpoint's.
+    for fx in [
+        "llama-base",
+        "mixtral-base",
+        "qwen2-moe-base",
+        "qwen3-moe-base",
+        "deepseek-v3-base",
+    ] {
+        let plan = |model: &Path| {
+            run_ok(
+                hft_bin(),
+                &[
+                    "plan",
+                    model.to_str().unwrap(),
+                    "--emit",
+                    "yaml",
+                    "--seed",
+                    "4",
+                ],
+            )
+        };
+        let ck = plan(&fixture(fx));
+        assert_eq!(ck, plan(&fixture(fx).join("config.json")), "{fx}");
+    }
 }
 
 #[test]
