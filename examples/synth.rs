@@ -4,6 +4,7 @@
 //! cargo run --release --example synth -- fixtures fixtures/ [--force]
 //! cargo run --release --example synth -- llama OUT --dims 2048,16,32,8,5632 --vocab 32000 \
 //!     --seed 1 [--tune 2] [--dtype bf16] [--max-shard-bytes N]
+//! cargo run --release --example synth -- gguf OUT.gguf [--arch llama|qwen3] [--dims 64,2,4,2,96]
 //! ```
 
 use std::path::PathBuf;
@@ -53,8 +54,32 @@ fn run() -> hft::Result<()> {
             }
             synth::write_model(&spec, &out, seed, tune, &opts)
         }
+        // A tiny GGUF as llama.cpp's converter writes one, for checks against transformers'
+        // own GGUF loader (scripts/compare_transformers.py --gguf).
+        #[cfg(feature = "train")]
+        Some("gguf") => {
+            let out = PathBuf::from(args.get(1).ok_or_else(|| hft::Error::usage("gguf OUT"))?);
+            let arch = flag("--arch").unwrap_or_else(|| "llama".into());
+            let d = synth::parse_dims(&flag("--dims").unwrap_or_else(|| "64,2,4,2,96".into()))?;
+            if d.len() != 5 {
+                return Err(hft::Error::usage("--dims hidden,layers,heads,kv_heads,ffn"));
+            }
+            let spec = hft::fixtures::gguf::TinyGguf {
+                hidden: d[0],
+                layers: d[1],
+                heads: d[2],
+                kv_heads: d[3],
+                intermediate: d[4],
+                pre: if arch == "qwen3" { "qwen2" } else { "smollm" }.into(),
+                arch,
+                quant: candle_core::quantized::GgmlDType::F32,
+                tied: false,
+                ..Default::default()
+            };
+            spec.write(&out)
+        }
         _ => Err(hft::Error::usage(
-            "usage: synth fixtures DIR [--force] | synth llama OUT [--dims h,l,heads,kv,ffn] [--vocab V] [--seed S] [--tune T] [--dtype D] [--max-shard-bytes N]",
+            "usage: synth fixtures DIR [--force] | synth llama OUT [--dims h,l,heads,kv,ffn] [--vocab V] [--seed S] [--tune T] [--dtype D] [--max-shard-bytes N] | synth gguf OUT [--arch llama|qwen3] [--dims h,l,heads,kv,ffn]",
         )),
     }
 }

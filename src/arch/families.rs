@@ -70,7 +70,6 @@ static QWEN2_DECODER: Decoder = Decoder {
 /// Qwen3: per-head q/k norms.
 static QWEN3_DECODER: Decoder = Decoder {
     qk_norm: When::Always,
-    trainable: false,
     ..LLAMA_DECODER
 };
 

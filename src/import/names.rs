@@ -5,17 +5,18 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
 
-use super::{Hparams, Mapped, Transform, ARCHITECTURE};
+use super::{Hparams, Mapped, Transform};
 use crate::arch::{self, Category, Layout, ModelConfig};
 use crate::error::{Error, Result};
 
 /// The Hugging Face name of a GGUF tensor (from [`crate::arch::gguf`]) and whether it needs
-/// its rotary rows restored. `None` for names with no place in a Llama checkpoint.
+/// its rotary rows restored. `None` for names with no place in a Llama or Qwen3 checkpoint.
 pub fn hf_name(gguf: &str, h: &Hparams) -> Option<(String, Transform)> {
     let hf = arch::gguf::hf_name(gguf, h.layers)?;
-    let transform = match role(&hf).unit_category() {
-        Category::AttnQ => Transform::Unpermute(h.heads),
-        Category::AttnK => Transform::Unpermute(h.kv_heads),
+    // Only llama's converter permutes rows (qwen3 keeps the Hugging Face rotary layout).
+    let transform = match (h.arch, role(&hf, h).unit_category()) {
+        ("llama", Category::AttnQ) => Transform::Unpermute(h.heads),
+        ("llama", Category::AttnK) => Transform::Unpermute(h.kv_heads),
         _ => Transform::Copy,
     };
     Some((hf, transform))
@@ -26,7 +27,7 @@ impl Hparams {
     /// holds q/k/v biases).
     pub fn model_config(&self, bias: bool) -> ModelConfig {
         ModelConfig {
-            model_type: Some(ARCHITECTURE.into()),
+            model_type: Some(self.arch.into()),
             hidden: Some(self.hidden),
             intermediate: Some(self.intermediate),
             layers: Some(self.layers),
@@ -41,10 +42,15 @@ impl Hparams {
     }
 }
 
-/// What a Hugging Face Llama tensor is, by the architecture's tables.
-pub(super) fn role(hf: &str) -> arch::Role {
+/// The family of the GGUF's architecture.
+fn family(h: &Hparams) -> &'static arch::Family {
+    arch::decoder::family_of(h.arch).unwrap_or(&arch::families::LLAMA)
+}
+
+/// What a Hugging Face tensor of the model is, by its family's tables.
+pub(super) fn role(hf: &str, h: &Hparams) -> arch::Role {
     Layout {
-        family: Some(&arch::families::LLAMA),
+        family: Some(family(h)),
         dims: ModelConfig::default(),
     }
     .role(hf)
@@ -62,7 +68,7 @@ pub(super) fn map_tensors(path: &Path, c: &Content, h: &Hparams) -> Result<Vec<M
         ));
     }
     let bias = c.tensor_infos.keys().any(|n| n.ends_with(".bias"));
-    let expected = arch::decoder::tensors(&arch::families::LLAMA, &h.model_config(bias), path)?;
+    let expected = arch::decoder::tensors(family(h), &h.model_config(bias), path)?;
     let rank: std::collections::HashMap<&str, (usize, &Vec<usize>)> = expected
         .iter()
         .enumerate()
@@ -73,7 +79,8 @@ pub(super) fn map_tensors(path: &Path, c: &Content, h: &Hparams) -> Result<Vec<M
         let place = hf_name(name, h).and_then(|(hf, t)| Some((rank.get(hf.as_str())?.1, hf, t)));
         let (want, hf, transform) = place.ok_or_else(|| {
             bad(format!(
-                "tensor `{name}` has no place in a Hugging Face Llama checkpoint"
+                "tensor `{name}` has no place in a Hugging Face {} checkpoint",
+                h.arch
             ))
         })?;
         let shape = info.shape.dims().to_vec();
@@ -95,7 +102,7 @@ pub(super) fn map_tensors(path: &Path, c: &Content, h: &Hparams) -> Result<Vec<M
         .iter()
         .map(|(n, _)| n.as_str())
         .filter(|n| {
-            let c = role(n).category;
+            let c = role(n, h).category;
             c != Category::Bias && c != Category::LmHead
         })
         .find(|n| !have.contains(n));

@@ -51,27 +51,34 @@ fn unpermute_inverts_llama_cpp_permute() {
 
 #[test]
 fn f32_import_restores_hugging_face_weights_exactly() {
-    let d = tempfile::tempdir().unwrap();
-    let spec = TinyGguf {
-        quant: GgmlDType::F32,
-        tied: false,
-        ..TinyGguf::default()
-    };
-    let (_, out) = tiny(d.path(), &spec);
-    let ck = Checkpoint::open(&out).unwrap();
-    let want = spec.hf_weights();
-    assert_eq!(ck.tensors().len(), want.len());
-    for (name, shape, vals) in want {
-        let t = ck.get(&name).unwrap_or_else(|| panic!("missing {name}"));
-        assert_eq!(t.shape, shape, "{name}");
-        let mut got = vec![0f32; t.numel()];
-        decode_f32(t.dtype, ck.bytes(t), &mut got);
-        assert_eq!(got, vals, "{name} differs");
+    // llama (q/k rows un-permuted) and qwen3 (q/k norms, rows as they are).
+    for arch in ["llama", "qwen3"] {
+        let d = tempfile::tempdir().unwrap();
+        let spec = TinyGguf {
+            arch: arch.into(),
+            quant: GgmlDType::F32,
+            tied: false,
+            ..TinyGguf::default()
+        };
+        let (_, out) = tiny(d.path(), &spec);
+        let ck = Checkpoint::open(&out).unwrap();
+        let want = spec.hf_weights();
+        assert_eq!(ck.tensors().len(), want.len());
+        for (name, shape, vals) in want {
+            let t = ck.get(&name).unwrap_or_else(|| panic!("missing {name}"));
+            assert_eq!(t.shape, shape, "{name}");
+            let mut got = vec![0f32; t.numel()];
+            decode_f32(t.dtype, ck.bytes(t), &mut got);
+            assert_eq!(got, vals, "{arch}: {name} differs");
+        }
+        let cfg = ck.config.as_ref().unwrap();
+        assert_eq!(cfg["tie_word_embeddings"], false);
+        assert_eq!(cfg["num_key_value_heads"], 2);
+        assert_eq!(cfg["rms_norm_eps"], 1e-5);
+        assert_eq!(cfg["model_type"], arch);
+        // The trainer takes the output as it is.
+        Llama::load(&ck, None, CDType::F32, &Device::Cpu).unwrap();
     }
-    let cfg = ck.config.as_ref().unwrap();
-    assert_eq!(cfg["tie_word_embeddings"], false);
-    assert_eq!(cfg["num_key_value_heads"], 2);
-    assert_eq!(cfg["rms_norm_eps"], 1e-5);
 }
 
 /// Rotary tables `[t, hd/2]` as both Llama layouts use them.

@@ -56,12 +56,13 @@ fn set_elem(v: &Var, i: usize, x: f64) {
 }
 
 /// Central finite differences in f64 against backprop, on a few elements of every tensor, for
-/// Llama (untied, GQA), Qwen2 (q/k/v biases) and a tied-embedding model.
+/// Llama (untied, GQA), Qwen2 (q/k/v biases), Qwen3 (q/k norms) and a tied-embedding model.
 #[test]
 fn gradients_match_finite_differences_in_f64() {
     for (arch, tied) in [
         (Arch::Llama, false),
         (Arch::Qwen2, false),
+        (Arch::Qwen3, false),
         (Arch::Llama, true),
     ] {
         let d = tempfile::tempdir().unwrap();

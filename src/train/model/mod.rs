@@ -1,5 +1,6 @@
-//! A differentiable Llama-family decoder (Llama, Mistral, Qwen2 with q/k/v biases, tied
-//! embeddings, grouped-query attention) with Hugging Face parameter names.
+//! A differentiable Llama-family decoder (Llama, Mistral, Qwen2 with q/k/v biases, Qwen3 with
+//! per-head q/k norms, tied embeddings, grouped-query attention) with Hugging Face parameter
+//! names.
 //!
 //! Built only from ops that record a backward (candle-nn's fused `rms_norm`, `softmax_last_dim`,
 //! `rope` and `sdpa` do not): on the CPU our own fused kernels with hand-written backward
@@ -127,6 +128,9 @@ struct Block {
     q_bias: Option<Param>,
     k_bias: Option<Param>,
     v_bias: Option<Param>,
+    /// Qwen3's per-head RMS norms of q and k (`[head_dim]`), before RoPE.
+    q_norm: Option<Param>,
+    k_norm: Option<Param>,
     o: Param,
     post_norm: Param,
     gate: Param,
@@ -190,6 +194,8 @@ fn assemble(
                 q_bias: opt(format!("model.layers.{l}.self_attn.q_proj.bias")),
                 k_bias: opt(format!("model.layers.{l}.self_attn.k_proj.bias")),
                 v_bias: opt(format!("model.layers.{l}.self_attn.v_proj.bias")),
+                q_norm: opt(format!("model.layers.{l}.self_attn.q_norm.weight")),
+                k_norm: opt(format!("model.layers.{l}.self_attn.k_norm.weight")),
                 o: p("self_attn.o_proj.weight"),
                 post_norm: p("post_attention_layernorm.weight"),
                 gate: p("mlp.gate_proj.weight"),
@@ -425,20 +431,35 @@ impl Llama {
         // A product of two activations in the compute dtype, the result back in ours.
         let mm = |a: &Tensor, b: &Tensor| cast(&cast(a, cd)?.matmul(&cast(b, cd)?)?, self.dtype);
         let rope = Some(&self.rope);
+        // Qwen3: each head's q or k vector RMS-normed, rows `[b·t, n·hd]` seen as `[b·t·n, hd]`.
+        let head_norm = |x: Tensor, w: Option<&Param>, n: usize| match w {
+            Some(w) => {
+                rms_norm(&x.reshape((b * t * n, hd))?, w.tensor(), c.eps)?.reshape((b * t, n * hd))
+            }
+            None => Ok(x),
+        };
         for blk in &self.blocks {
             let x = rms_norm(&h, blk.input_norm.tensor(), c.eps)?;
             // Heads [b, heads, t, hd]; grouped-query attention without copying K and V: the
             // `rep` query heads that share a key-value head are stacked along time, which is
             // the same memory as [b, kv_heads, rep·t, hd].
             let q = attention::heads(
-                &lin(&x, &blk.q, blk.q_bias.as_ref())?,
+                &head_norm(
+                    lin(&x, &blk.q, blk.q_bias.as_ref())?,
+                    blk.q_norm.as_ref(),
+                    nh,
+                )?,
                 (b, t, nh, hd),
                 rope,
                 scale,
             )?
             .reshape((b, nkv, rep * t, hd))?;
             let k = attention::heads(
-                &lin(&x, &blk.k, blk.k_bias.as_ref())?,
+                &head_norm(
+                    lin(&x, &blk.k, blk.k_bias.as_ref())?,
+                    blk.k_norm.as_ref(),
+                    nkv,
+                )?,
                 (b, t, nkv, hd),
                 rope,
                 1.0,
