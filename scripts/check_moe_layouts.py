@@ -7,7 +7,11 @@ computation. Here transformers builds each model from the same config and saves 
 checkpoint must carry exactly hft's names and shapes (compared through the plan's `model.hash`,
 FNV-1a over every `name:shape`, and the plan's tensor list), and transformers must load every
 fixture, and hft's reset, average and TIES merge of each fixture pair, without a missing or
-unexpected tensor and with finite logits. The average is recomputed in torch.
+unexpected tensor and with finite logits. The average is recomputed in torch. Last, each
+fixture's category plan exported with `--emit torch` is applied to transformers' model (whose
+experts are fused 3-d parameters in transformers 5), one AdamW step is taken and the model is
+saved: every tensor the plan freezes (and every frozen row of `kv_b_proj`) must come back bit
+for bit, every tensor it trains must have moved.
 
     bench/.venv/bin/python scripts/check_moe_layouts.py [--hft target/release/hft]
 
@@ -78,6 +82,55 @@ def load_and_run(path, torch, AutoModelForCausalLM):
     return model, bad, bool(torch.isfinite(logits).all())
 
 
+def replay_torch_export(hft, f, tmp, torch, AutoModelForCausalLM, load_file):
+    """Trains one step under the plan's torch export; returns the number of failures."""
+    base = f"fixtures/{f}-base"
+    code = subprocess.run(
+        [hft, "-q", "plan", base, "--seed", "9", "--emit", "torch"], capture_output=True, text=True
+    )
+    if code.returncode != 0:
+        fail(f"hft plan --emit torch: {code.stderr.strip()}", 1)
+    ns = {}
+    exec(code.stdout, ns)
+    plan = ns["PLAN"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    partial = ns["apply_hft_plan"](model)
+    opt = torch.optim.AdamW(ns["hft_param_groups"](model, partial, 0.1), lr=1e-2)
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    out = os.path.join(tmp, f + "-stepped")
+    model.save_pretrained(out)
+    before = load_file(os.path.join(base, "model.safetensors"))
+    after = load_file(os.path.join(out, "model.safetensors"))
+    bad = []
+    for name, entry in plan.items():
+        a, b = before[name].float(), after[name].float()
+        if entry == "freeze":
+            ok = torch.equal(a, b)
+        elif entry == "train":
+            ok = not torch.equal(a, b)
+        elif entry[0] == "rows":
+            _, axis, rows = entry
+            keep = torch.zeros(a.shape[axis], dtype=torch.bool)
+            for lo, hi in rows:
+                keep[lo:hi] = True
+            frozen_same = torch.equal(a[~keep], b[~keep])
+            ok = frozen_same and not torch.equal(a[keep], b[keep])
+        else:
+            ok = False
+        if not ok:
+            bad.append(name)
+    fused = sum(1 for n, _ in model.named_parameters() if n.endswith("experts.gate_up_proj"))
+    print(
+        f"{f:12} torch export, one AdamW step: {len(plan) - len(bad)} of {len(plan)} tensors as the "
+        f"plan says ({fused} fused expert parameters, {len(partial)} trained in part)"
+        + (f"; wrong: {bad[:4]}" if bad else "")
+    )
+    return int(bool(bad))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--hft", default="target/release/hft")
@@ -142,6 +195,8 @@ def main():
             )
             failed += worst != 0
             print(f"{f:12} average  equals torch's (a + b) / 2 in bf16: max difference {worst}")
+        for f in FIXTURES:
+            failed += replay_torch_export(args.hft, f, tmp, torch, AutoModelForCausalLM, load_file)
     if failed:
         print(f"{failed} check(s) failed")
         sys.exit(1)

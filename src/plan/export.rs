@@ -42,6 +42,7 @@ pub fn emit(plan: &Plan, layout: &Layout, how: Emit) -> Result<Exported> {
         Emit::Names | Emit::Regex | Emit::Axolotl | Emit::Swift | Emit::Llamafactory
     ) {
         partial_note(plan, &mut notes);
+        experts_note(plan, layout, &mut notes);
         if let Some(s) = &plan.schedule {
             notes.push(format!(
                 "a {} plan changes its layers every {} steps; this export is period {} only \
@@ -96,6 +97,21 @@ fn partial_note(plan: &Plan, notes: &mut Vec<String>) {
             partial.len(),
             super::abbreviate(&partial)
         ));
+    }
+}
+
+/// Routed experts are one tensor per expert and matrix in checkpoints and in transformers 4,
+/// but two fused parameters per layer in transformers 5 (`mlp.experts.gate_up_proj`,
+/// `mlp.experts.down_proj`), which names and regexes cannot pick experts in.
+fn experts_note(plan: &Plan, layout: &Layout, notes: &mut Vec<String>) {
+    if plan.tensors.keys().any(|n| layout.role(n).expert.is_some()) {
+        notes.push(
+            "routed experts are listed by their checkpoint names, which are transformers 4's \
+             parameters; transformers 5 fuses each layer's experts into `experts.gate_up_proj` \
+             and `experts.down_proj` (and calls Mixtral's `block_sparse_moe` `mlp`), which \
+             these names do not match: there, option `emit` torch applies the plan exactly"
+                .into(),
+        );
     }
 }
 

@@ -164,6 +164,60 @@ def _resolve(name, entries):
     return None
 
 
+# transformers 5 holds a layer's routed experts in two fused parameters, `experts.gate_up_proj`
+# `[E, 2I, H]` (each expert's gate rows, then its up rows) and `experts.down_proj` `[E, H, I]`,
+# where checkpoints and plans name one tensor per expert and matrix (`mlp.experts.E.gate_proj`,
+# Mixtral's `block_sparse_moe.experts.E.w1`). Such a parameter takes its pieces' entries.
+_EXPERT_PARTS = {
+    "gate_up_proj": (("gate_proj", "w1"), ("up_proj", "w3")),
+    "down_proj": (("down_proj", "w2"),),
+}
+
+
+def _expert_pieces(name, shape, entries):
+    """[(expert, first row, rows, plan name)] of a fused expert parameter, or None."""
+    prefix, sep, last = name.rpartition(".experts.")
+    if not sep or last not in _EXPERT_PARTS or len(shape) != 3:
+        return None
+    blocks = [prefix]
+    if prefix.endswith(".mlp"):
+        blocks.append(prefix[: -len("mlp")] + "block_sparse_moe")
+    parts = _EXPERT_PARTS[last]
+    rows = shape[1] // len(parts)
+    pieces = []
+    for e in range(shape[0]):
+        for j, aliases in enumerate(parts):
+            cands = (f"{b}.experts.{e}.{a}.weight" for b in blocks for a in aliases)
+            found = next((r for r in (_resolve(c, entries) for c in cands) if r), None)
+            if found is None:
+                return None
+            pieces.append((e, j * rows, rows, found))
+    return pieces
+
+
+def _keep(p, name, entries):
+    """The entry of parameter `p` (plan name `name`, or None for fused experts): "train",
+    "freeze", or a bool tensor of the elements that train; None when the plan has no entry."""
+    import torch
+
+    if name is not None:
+        entry = entries[name]
+        if entry == "train" or entry == "freeze":
+            return entry
+        return hft_trainable_mask(name, tuple(p.shape), entry, device=p.device)
+    pieces = _expert_pieces(_checkpoint_name(p._hft_name), tuple(p.shape), entries)
+    if pieces is None:
+        return None
+    states = {entries[n] for *_, n in pieces}
+    if states == {"train"} or states == {"freeze"}:
+        return states.pop()
+    keep = torch.zeros(tuple(p.shape), dtype=torch.bool, device=p.device)
+    for e, first, rows, n in pieces:
+        piece = (rows,) + tuple(p.shape[2:])
+        keep[e, first : first + rows] = hft_trainable_mask(n, piece, entries[n], device=p.device)
+    return keep
+
+
 def apply_hft_plan(model, step=0, strict=True):
     """Freeze and unfreeze `model`'s parameters as the plan says (for a LISA schedule, as it
     says at optimizer step `step`). Returns the names of the parameters that train in part."""
@@ -172,20 +226,24 @@ def apply_hft_plan(model, step=0, strict=True):
     for pname, p in model.named_parameters():
         if _is_adapter(pname):
             continue
-        name = _resolve(_checkpoint_name(pname), entries)
-        if name is None:
+        p._hft_name = pname
+        cname = _checkpoint_name(pname)
+        # transformers 5 calls Mixtral's `block_sparse_moe` `mlp`.
+        name = _resolve(cname, entries) or _resolve(
+            cname.replace(".mlp.", ".block_sparse_moe."), entries
+        )
+        keep = _keep(p, name, entries)
+        if keep is None:
             if strict:
                 raise KeyError(f"parameter {pname} is not in the plan (a plan for another model?)")
             continue
-        entry = entries[name]
         old = getattr(p, "_hft_hook", None)
         if old is not None:
             old.remove()
             p._hft_hook = None
-        if entry == "train" or entry == "freeze":
-            p.requires_grad_(entry == "train")
+        if isinstance(keep, str):
+            p.requires_grad_(keep == "train")
             continue
-        keep = hft_trainable_mask(name, tuple(p.shape), entry, device=p.device)
         p.requires_grad_(True)
         p._hft_hook = p.register_hook(lambda g, keep=keep: g * keep.to(g.dtype))
         partial.append(pname)
