@@ -39,6 +39,8 @@ pub struct ModelConfig {
     /// (`shared_expert_intermediate_size`) or count (`n_shared_experts`, each
     /// `moe_intermediate_size` wide).
     pub experts: Option<usize>,
+    /// The key `experts` came from, for messages.
+    pub experts_key: &'static str,
     pub moe_intermediate: Option<usize>,
     pub shared_intermediate: Option<usize>,
     pub shared_experts: Option<usize>,
@@ -157,6 +159,11 @@ impl ModelConfig {
             bos: token("bos_token_id"),
             eos: token("eos_token_id"),
             experts: get(keys::EXPERTS),
+            experts_key: keys::EXPERTS
+                .iter()
+                .find(|k| v.get(**k).is_some())
+                .copied()
+                .unwrap_or("num_experts"),
             moe_intermediate: get(keys::MOE_INTERMEDIATE),
             shared_intermediate: get(keys::SHARED_INTERMEDIATE),
             shared_experts: get(keys::SHARED_EXPERTS),
@@ -221,7 +228,7 @@ impl ModelConfig {
             ("num_key_value_heads", self.kv_heads, 1 << 14),
             ("head_dim", self.head_dim, 1 << 16),
             ("vocab_size", self.vocab, 1 << 24),
-            ("num_experts", self.experts, 1 << 14),
+            (self.experts_key, self.experts, 1 << 14),
             ("moe_intermediate_size", self.moe_intermediate, 1 << 22),
             (
                 "shared_expert_intermediate_size",

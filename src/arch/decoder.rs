@@ -246,7 +246,7 @@ fn sparse_block(
     h: usize,
     add: &mut dyn FnMut(&str, Vec<usize>),
 ) -> Result<()> {
-    let experts = c.need(path, "num_experts", c.experts)?;
+    let experts = c.need(path, c.experts_key, c.experts)?;
     // Mixtral's experts are `intermediate_size` wide; the others name their own width.
     let width = match c.moe_intermediate {
         Some(w) => w,
@@ -269,7 +269,13 @@ fn sparse_block(
             (None, Some(n)) => width.checked_mul(n),
             (None, None) => None,
         };
-        let wide = c.need(path, "shared_expert_intermediate_size", wide)?;
+        // Qwen2-MoE gives the width; DeepSeek the count of `moe_intermediate_size` experts.
+        let key = if moe.shared_gate {
+            "shared_expert_intermediate_size"
+        } else {
+            "n_shared_experts"
+        };
+        let wide = c.need(path, key, wide)?;
         if wide > 0 {
             add(&format!("{b}.{shared}.gate_proj.weight"), vec![wide, h]);
             add(&format!("{b}.{shared}.up_proj.weight"), vec![wide, h]);

@@ -488,4 +488,6 @@ fn contains_at_boundary(s: &str, needle: &str) -> bool {
 }
 
 #[cfg(test)]
+mod moe_tests;
+#[cfg(test)]
 mod tests;
