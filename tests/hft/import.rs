@@ -255,3 +255,54 @@ fn smollm2_quick_recipe_runs_sft_then_dpo() {
     assert_eq!(r["post"].as_array().unwrap().len(), 2);
     assert!(out.join("report.md").is_file() && out.join("01-dpo/model.safetensors").is_file());
 }
+
+/// A Qwen3 GGUF (q/k norms, rows not permuted) imports to a `Qwen3ForCausalLM` directory that
+/// `hft run` trains, with its q/k norms going with their projections in the stage plan.
+#[test]
+fn qwen3_gguf_imports_and_trains() {
+    let d = tempfile::tempdir().unwrap();
+    let g = tiny(
+        d.path(),
+        &TinyGguf {
+            arch: "qwen3".into(),
+            pre: "qwen2".into(),
+            ..TinyGguf::default()
+        },
+    );
+    let model = d.path().join("model");
+    hft(1)
+        .arg("import")
+        .arg(&g)
+        .arg("-o")
+        .arg(&model)
+        .assert()
+        .success();
+    let c = read_json(&model.join("config.json"));
+    assert_eq!(c["model_type"], "qwen3");
+    assert_eq!(c["architectures"][0], "Qwen3ForCausalLM");
+    assert_eq!(c["head_dim"], 16);
+    crate::run::setup(d.path(), "lr: 1.0e-2");
+    crate::run::hft_serial()
+        .current_dir(d.path())
+        .args(["run", "r.yaml"])
+        .assert()
+        .success();
+    // Stage b's category plan: each q/k norm has its projection's entry.
+    let plan = std::fs::read_to_string(d.path().join("out/01-b/plan.yaml")).unwrap();
+    let entry = |name: &str| {
+        plan.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name}:")))
+            .map(|l| l.split(':').nth(1).unwrap().trim().to_string())
+            .unwrap_or_else(|| panic!("{name} not in {plan}"))
+    };
+    for l in 0..2 {
+        for (norm, proj) in [("q_norm", "q_proj"), ("k_norm", "k_proj")] {
+            let p = format!("model.layers.{l}.self_attn");
+            assert_eq!(
+                entry(&format!("{p}.{norm}.weight")),
+                entry(&format!("{p}.{proj}.weight")),
+                "layer {l} {norm}"
+            );
+        }
+    }
+}
