@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::error::Result;
 use crate::io::atomic::write_file;
 use crate::report::plot::{self, CurvePoint, Curves, Series};
-use crate::train::metrics::RunReport;
+use crate::train::metrics::{RunReport, StageResult};
 
 /// A run's report.md: the R matrices, forgetting, stages, change per category, loss curves.
 pub fn markdown(r: &RunReport) -> String {
@@ -125,43 +125,33 @@ pub fn markdown(r: &RunReport) -> String {
             fmt(s.curve.last().map(|c| c.1), 4),
         );
     }
-    let derived: Vec<String> = r
-        .stages
-        .iter()
-        .filter_map(|s| {
-            s.plan.derived_from.as_ref().map(|d| {
-                format!(
-                    "- stage {} `{}`: {} plan ranked by {d}",
+    // One line per stage whose plan says `what`, under `title`; nothing when none does.
+    let section = |m: &mut String, title: &str, what: &dyn Fn(&StageResult) -> Option<String>| {
+        let lines: Vec<String> = r
+            .stages
+            .iter()
+            .filter_map(|s| {
+                let d = what(s)?;
+                Some(format!(
+                    "- stage {} `{}`: {} plan{d}",
                     s.index, s.name, s.plan.strategy
-                )
+                ))
             })
-        })
-        .collect();
-    if !derived.is_empty() {
-        let _ = writeln!(
-            m,
-            "\nPlans derived from the run's own measurements:\n\n{}",
-            derived.join("\n")
-        );
-    }
-    let scheduled: Vec<String> = r
-        .stages
-        .iter()
-        .filter_map(|s| {
-            let d = s.plan.schedule.as_ref()?;
-            Some(format!(
-                "- stage {} `{}`: {} plan, {d}",
-                s.index, s.name, s.plan.strategy
-            ))
-        })
-        .collect();
-    if !scheduled.is_empty() {
-        let _ = writeln!(
-            m,
-            "\nPlans that change during their stage (each stage's plan.yaml lists them):\n\n{}",
-            scheduled.join("\n")
-        );
-    }
+            .collect();
+        if !lines.is_empty() {
+            let _ = writeln!(m, "\n{title}:\n\n{}", lines.join("\n"));
+        }
+    };
+    section(
+        &mut m,
+        "Plans derived from the run's own measurements",
+        &|s| Some(format!(" ranked by {}", s.plan.derived_from.as_ref()?)),
+    );
+    section(
+        &mut m,
+        "Plans that change during their stage (each stage's plan.yaml lists them)",
+        &|s| Some(format!(", {}", s.plan.schedule.as_ref()?)),
+    );
     let _ = writeln!(m, "\n## Change per category (‖Δ‖/‖W‖, from `hft diff` of each stage against the one before)\n");
     let cats: Vec<String> = r
         .stages

@@ -226,16 +226,13 @@ pub fn switches(plan: &Plan, layout: &Layout) -> Option<Switches> {
     })
 }
 
-/// The plan of what trained at any time in the stage: `plan` itself, or for a schedule every
-/// layer any period drew. What it freezes must come out of the stage unchanged.
+/// The plan of what trained at any time in the stage: `plan` itself, or for a schedule the
+/// union of its periods' switches. What it freezes must come out of the stage unchanged.
 pub fn ever_trained(plan: &Plan, layout: &Layout) -> Plan {
     let mut p = plan.clone();
-    if let Some(s) = &plan.schedule {
-        let drawn: HashSet<usize> = s.periods.iter().flatten().copied().collect();
-        for (n, e) in p.tensors.iter_mut() {
-            if layout.role(n).layer.is_some_and(|l| drawn.contains(&l)) {
-                *e = Entry::TRAIN;
-            }
+    if let Some(sw) = switches(plan, layout) {
+        for n in sw.trains.iter().flatten() {
+            p.tensors.insert(n.clone(), Entry::TRAIN);
         }
     }
     p

@@ -160,9 +160,7 @@ pub fn train_stage(
         }
         if let Some(sw) = switches.filter(|sw| step > 0 && step % sw.every == 0) {
             let now = &sw.trains[(step / sw.every) as usize];
-            model
-                .set_trainable(|n| now.contains(n))
-                .map_err(|e| Error::Internal(format!("lisa switch: {e}")))?;
+            model.set_trainable(|n| now.contains(n))?;
             let new_vars = model.vars();
             let mut new = AdamW::new(
                 new_vars.iter().map(|(_, v)| (v.clone(), None)).collect(),

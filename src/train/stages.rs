@@ -330,14 +330,13 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
         let spec = recipe.stage(i);
         let prev = Checkpoint::open(&prev_path)?;
         // A value out of range in the stage's plan is the recipe's to fix: say where.
-        // A value out of range in the stage's plan is the recipe's to fix: say where.
         let in_recipe = |e: Error| e.in_file(recipe_path, &format!("stage `{}` plan: ", spec.name));
+        let in_stage = |e: Error| e.in_file(recipe_path, &format!("stage `{}`: ", spec.name));
         let derived = derive::diff_for(recipe, &spec, opts.strategy.as_deref(), &opts.output)
             .map_err(in_recipe)?;
         let diff = derived.as_ref().map(|(p, _)| p.as_path());
         let mut objective = Objective::new(&sources, &spec);
-        let steps = stage_steps(&spec, &objective.lens())
-            .map_err(|e| e.in_file(recipe_path, &format!("stage `{}`: ", spec.name)))?;
+        let steps = stage_steps(&spec, &objective.lens()).map_err(in_stage)?;
         let plan = derive::stage_plan(
             &spec,
             opts.strategy.as_deref(),
@@ -375,7 +374,7 @@ pub fn run_stages(recipe: &Recipe, recipe_path: &Path, opts: &RunOptions) -> Res
             opts.log,
             opts.sink.as_ref(),
         )
-        .map_err(|e| e.in_file(recipe_path, &format!("stage `{}`: ", spec.name)))?;
+        .map_err(in_stage)?;
         let dir = derive::stage_dir(i, &spec.name);
         let dest = opts.output.join(&dir);
         write_checkpoint(&t.model, &base, out_dtype, &plan, &dest, &opts.command)?;
