@@ -181,3 +181,56 @@ fn category_reset_of_moe_models_follows_the_plan() {
         }
     }
 }
+
+/// `average --config` rules address the MoE categories: routers kept from the first model,
+/// shared experts from the second, everything else averaged.
+#[test]
+fn average_rules_address_routers_and_shared_experts() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("w.yaml");
+    std::fs::write(
+        &cfg,
+        "default: [0.5, 0.5]\nrules:\n  - categories: [router]\n    weights: [1, 0]\n  \
+         - categories: [shared_ffn_gate, shared_ffn_up, shared_ffn_down]\n    weights: [0, 1]\n",
+    )
+    .unwrap();
+    let out = d.path().join("avg");
+    run_ok(
+        hft(1),
+        &[
+            "average",
+            fxs("qwen2-moe-base"),
+            fxs("qwen2-moe-tuned"),
+            "--config",
+            p(&cfg),
+            "-o",
+            p(&out),
+        ],
+    );
+    let (a, b, o) = (
+        open(&fixture("qwen2-moe-base")),
+        open(&fixture("qwen2-moe-tuned")),
+        open(&out),
+    );
+    let layout = hft::arch::Layout::for_checkpoint(&a);
+    let (mut routers, mut shared, mut averaged) = (0, 0, 0);
+    for n in names(&o) {
+        let c = layout.role(&n).category;
+        if c == hft::arch::Category::Router {
+            assert!(bytes(&o, &n) == bytes(&a, &n), "{n}");
+            routers += 1;
+        } else if c.is_shared_ffn() {
+            assert!(bytes(&o, &n) == bytes(&b, &n), "{n}");
+            shared += 1;
+        } else if bytes(&a, &n) != bytes(&b, &n) {
+            assert!(
+                bytes(&o, &n) != bytes(&a, &n) && bytes(&o, &n) != bytes(&b, &n),
+                "{n}"
+            );
+            averaged += 1;
+        }
+    }
+    // Layers 1 and 2 are sparse: a router and a shared-expert gate each, three shared matrices.
+    assert_eq!((routers, shared), (4, 6));
+    assert!(averaged > 40, "{averaged}");
+}
