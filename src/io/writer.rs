@@ -270,10 +270,13 @@ impl CheckpointWriter {
             )));
         }
         let shard = &self.shards[slot.shard];
+        let at = slot.offset + offset as u64;
         shard
             .file
-            .write_all_at(bytes, slot.offset + offset as u64)
-            .map_err(|e| Error::io(self.shard_path(slot.shard), e))
+            .write_all_at(bytes, at)
+            .map_err(|e| Error::io(self.shard_path(slot.shard), e))?;
+        start_writeback(&shard.file, at, bytes.len());
+        Ok(())
     }
 
     /// Copies `len` bytes of file `src` from byte `src_offset` to byte `offset` inside tensor
@@ -315,6 +318,7 @@ impl CheckpointWriter {
                 format!("shrank while being read: {copied} of {len} bytes copied"),
             ));
         }
+        start_writeback(&out, slot.offset + offset as u64, len);
         Ok(())
     }
 
@@ -467,6 +471,26 @@ pub fn check_output_path(out: &Path, inputs: &[&Checkpoint]) -> Result<()> {
     }
     output::check_inputs(out, &paths)
 }
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk now, without
+/// waiting. The final `sync_all` then finds most of the output already written: the disk works
+/// while the CPU computes the next blocks, instead of after them. An element-level reset spent
+/// 1.6 s of its 3.9 s in that final sync (`strace -T`) before this. Durability still comes from
+/// `sync_all`; a failure here only loses the overlap, so it is ignored.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: a plain system call on an open descriptor; it reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
 
 #[cfg(test)]
 mod tests {
