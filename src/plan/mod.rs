@@ -7,7 +7,10 @@
 //! and shape (the fingerprint), and it is a pure function of its inputs: the same model,
 //! strategy, ratio, seed and stage always give the same file.
 
+mod element;
 pub mod export;
+
+pub use element::ElementFn;
 
 use std::path::Path;
 
@@ -68,11 +71,10 @@ impl Entry {
         let numel: u64 = shape.iter().product::<usize>() as u64;
         match self {
             Entry::Whole(s) => ElementFn::Const(*s == State::Train),
-            Entry::Mask { mask, seed } => ElementFn::Mask {
-                perm: rng::Permutation::new(rng::key(*seed, name), numel),
-                n: numel,
-                k: mask_count(*mask, numel),
-            },
+            Entry::Mask { mask, seed } => ElementFn::mask(
+                rng::Permutation::new(rng::key(*seed, name), numel),
+                mask_count(*mask, numel),
+            ),
             Entry::Rows { axis, rows } => {
                 let along = shape.get(*axis).copied().unwrap_or(1).max(1);
                 let inner: usize = shape.iter().skip(axis + 1).product();
@@ -95,54 +97,6 @@ impl Entry {
 /// The exact number of elements an element mask of ratio `r` selects (round half away from 0).
 pub fn mask_count(r: f64, numel: u64) -> u64 {
     ((r.clamp(0.0, 1.0) * numel as f64).round() as u64).min(numel)
-}
-
-/// Membership test of one element in the trainable set of a tensor.
-#[derive(Debug, Clone)]
-pub enum ElementFn {
-    Const(bool),
-    Mask {
-        /// `rng::permute(key, n, ·)` tabulated: the element trains when it maps below `k`.
-        perm: rng::Permutation,
-        n: u64,
-        k: u64,
-    },
-    Rows {
-        inner: usize,
-        along: usize,
-        hit: Vec<bool>,
-    },
-}
-
-impl ElementFn {
-    #[inline]
-    pub fn trains(&self, i: usize) -> bool {
-        match self {
-            ElementFn::Const(b) => *b,
-            ElementFn::Mask { perm, n, k } => *k >= *n || (*k > 0 && perm.apply(i as u64) < *k),
-            ElementFn::Rows { inner, along, hit } => hit[(i / inner) % along],
-        }
-    }
-
-    /// `out[j]` = `train` where element `start + j` trains, `freeze` where it does not: the
-    /// answers of [`Self::trains`], with masks evaluated a batch at a time
-    /// ([`rng::Permutation::select_range`]), several times faster.
-    pub fn fill(&self, start: usize, out: &mut [u8], train: u8, freeze: u8) {
-        match self {
-            ElementFn::Mask { perm, n, k } if *k > 0 && k < n => {
-                perm.select_range(start as u64, *k, out, train, freeze)
-            }
-            _ => {
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = if self.trains(start + j) {
-                        train
-                    } else {
-                        freeze
-                    };
-                }
-            }
-        }
-    }
 }
 
 /// Identifies the model a plan was made for: its tensor names and shapes.
