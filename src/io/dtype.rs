@@ -107,10 +107,13 @@ pub fn first_overflow(dtype: DType, values: &[f32]) -> Option<(usize, f32)> {
         DType::BF16 => f32::from_bits(0x7F7F_8000),
         _ => return None,
     };
-    values
-        .iter()
-        .position(|v| v.is_finite() && v.abs() >= max)
-        .map(|i| (i, values[i]))
+    let over = |v: &f32| v.is_finite() && v.abs() >= max;
+    // One pass that vectorises first: a search that stops at the first hit does not, and
+    // this runs over every value a merge writes.
+    if !values.iter().fold(false, |a, v| a | over(v)) {
+        return None;
+    }
+    values.iter().position(over).map(|i| (i, values[i]))
 }
 
 /// For an F64 tensor read into f32 arithmetic: the first value that is finite in f64 but beyond
@@ -130,7 +133,7 @@ pub fn encode_f32(dtype: DType, values: &[f32], out: &mut [u8]) {
     match dtype {
         DType::BF16 => {
             for (v, o) in values.iter().zip(out.chunks_exact_mut(2)) {
-                o.copy_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes());
+                o.copy_from_slice(&bf16_bits(*v).to_le_bytes());
             }
         }
         DType::F16 => {
@@ -152,9 +155,42 @@ pub fn encode_f32(dtype: DType, values: &[f32], out: &mut [u8]) {
     }
 }
 
+/// `half::bf16::from_f32(v).to_bits()` without a branch, so that encoding vectorises: round
+/// to nearest even by adding `0x7FFF` plus the lowest kept bit, and a NaN keeps its high bits
+/// with the quiet bit set.
+#[inline(always)]
+fn bf16_bits(v: f32) -> u16 {
+    let x = v.to_bits();
+    let rounded = x.wrapping_add(0x7FFF + ((x >> 16) & 1)) >> 16;
+    // A signed comparison (the masked value is never negative as i32) vectorises on SSE2.
+    let nan = (x & 0x7FFF_FFFF) as i32 > 0x7F80_0000;
+    (if nan { (x >> 16) | 0x0040 } else { rounded }) as u16
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_rounding_is_half_s() {
+        let check = |x: u32| {
+            let v = f32::from_bits(x);
+            assert_eq!(bf16_bits(v), half::bf16::from_f32(v).to_bits(), "{x:#010x}");
+        };
+        // Every low half (the rounding bits) under high halves at the edges: zeros,
+        // subnormals, the largest finite values, infinities and NaNs, both signs.
+        for hi in [
+            0x0000u32, 0x0001, 0x007F, 0x0080, 0x3F80, 0x7F7F, 0x7F80, 0x7FC0, 0x7FFF,
+        ] {
+            for sign in [0, 0x8000] {
+                for lo in 0..=0xFFFFu32 {
+                    check(((hi | sign) << 16) | lo);
+                }
+            }
+        }
+        // And a stride through all of them.
+        (0..=u32::MAX).step_by(65_521).for_each(check);
+    }
 
     #[test]
     fn overflow_is_found_exactly_where_rounding_reaches_infinity() {

@@ -51,14 +51,19 @@ impl Combine for TaskArithmetic {
         check_inputs(t, n + 1)?;
         let lambda = self.lambda;
         match self.dare {
+            // Task vector by task vector over the chunk, `out` holding the sums: each element
+            // gets the same additions in the same order as when summed on its own (the same
+            // bits), and the loops vectorise.
             None => Ok(TensorOp::Values(Box::new(move |_, ins, out| {
-                for (j, o) in out.iter_mut().enumerate() {
-                    let b = ins[0][j];
-                    let mut acc = 0f32;
-                    for (i, w) in self.weights.iter().enumerate() {
-                        acc += w * (ins[i + 1][j] - b);
+                let base = ins[0];
+                out.fill(0.0);
+                for (m, w) in ins[1..].iter().zip(&self.weights) {
+                    for ((o, &x), &b) in out.iter_mut().zip(*m).zip(base) {
+                        *o += w * (x - b);
                     }
-                    *o = b + lambda * acc;
+                }
+                for (o, &b) in out.iter_mut().zip(base) {
+                    *o = b + lambda * *o;
                 }
             }))),
             Some((p, seed)) => {
@@ -68,17 +73,25 @@ impl Combine for TaskArithmetic {
                 } else {
                     0.0
                 };
+                // `uniform(key, i) >= p` in integers: uniform is m / 2^53 with m = draw >> 11,
+                // and p · 2^53 is exact, so m >= ceil(p · 2^53) is the same test without an
+                // unsigned-to-float conversion per draw.
+                let keep_from = (p * (1u64 << 53) as f64).ceil() as u64;
+                let factor = lambda * scale;
                 Ok(TensorOp::Values(Box::new(move |start, ins, out| {
-                    for (j, o) in out.iter_mut().enumerate() {
-                        let b = ins[0][j];
-                        let idx = ((start + j) * n) as u64;
-                        let mut acc = 0f32;
-                        for (i, w) in self.weights.iter().enumerate() {
-                            if rng::uniform(key, idx + i as u64) >= p {
-                                acc += w * (ins[i + 1][j] - b);
-                            }
+                    let base = ins[0];
+                    out.fill(0.0);
+                    for (i, (m, w)) in ins[1..].iter().zip(&self.weights).enumerate() {
+                        let rows = out.iter_mut().zip(*m).zip(base).enumerate();
+                        for (j, ((o, &x), &b)) in rows {
+                            let kept = rng::draw(key, ((start + j) * n + i) as u64) >> 11;
+                            // Adding +0.0 for a dropped entry keeps the sum's bits: it starts
+                            // at +0.0, and a sum is -0.0 only when both terms are.
+                            *o += if kept >= keep_from { w * (x - b) } else { 0.0 };
                         }
-                        *o = b + lambda * scale * acc;
+                    }
+                    for (o, &b) in out.iter_mut().zip(base) {
+                        *o = b + factor * *o;
                     }
                 })))
             }

@@ -202,6 +202,10 @@ fn finite(
     out: &[f32],
     start: usize,
 ) -> Result<()> {
+    // One pass that vectorises first (the search below stops early and does not).
+    if out.iter().fold(true, |a, v| a & v.is_finite()) {
+        return Ok(());
+    }
     let bad = out
         .iter()
         .enumerate()
