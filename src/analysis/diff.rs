@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::analysis::stats::{self, Acc, Figures};
-use crate::arch::{Category, Layout};
+use crate::arch::{Block, Category, Layout};
 use crate::error::{Error, Result};
 use crate::io::dtype;
 use crate::io::{Checkpoint, TensorInfo};
@@ -62,13 +62,6 @@ pub struct ExpertRow {
     pub expert: String,
     #[serde(flatten)]
     pub figures: Figures,
-}
-
-/// Where a tensor sits among a layer's feed-forward blocks, for [`ExpertRow`]s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Block {
-    Expert(usize),
-    Shared,
 }
 
 /// One cell of the layer x category matrix.
@@ -230,18 +223,16 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, progress: &Progress) -> Result<DiffR
     let mut layers: BTreeMap<usize, Acc> = BTreeMap::new();
     let mut cats: BTreeMap<Category, Acc> = BTreeMap::new();
     let mut cells: BTreeMap<(Option<usize>, Category), Acc> = BTreeMap::new();
-    let mut experts: BTreeMap<(usize, Block), Acc> = BTreeMap::new();
+    // Keyed (layer, shared, block): a layer's experts in order, then its shared expert.
+    let mut experts: BTreeMap<(usize, bool, Block), Acc> = BTreeMap::new();
     let mut total = Acc::default();
     for t in tensors.iter().filter(|t| t.compared == "numeric") {
         if let Some(l) = t.layer {
             layers.entry(l).or_default().merge(&t.acc);
-            let block = match t.expert {
-                Some(e) => Some(Block::Expert(e)),
-                None if t.category.is_shared_ffn() => Some(Block::Shared),
-                None => None,
-            };
-            if let Some(b) = block {
-                experts.entry((l, b)).or_default().merge(&t.acc);
+            let block = Block::of(t.category, t.expert);
+            if block != Block::Dense {
+                let key = (l, block == Block::Shared, block);
+                experts.entry(key).or_default().merge(&t.acc);
             }
         }
         cats.entry(t.category).or_default().merge(&t.acc);
@@ -273,11 +264,11 @@ pub fn diff(a: &Checkpoint, b: &Checkpoint, progress: &Progress) -> Result<DiffR
             .collect(),
         experts: experts
             .into_iter()
-            .map(|((layer, b), acc)| ExpertRow {
+            .map(|((layer, _, b), acc)| ExpertRow {
                 layer,
                 expert: match b {
                     Block::Expert(e) => e.to_string(),
-                    Block::Shared => "shared".into(),
+                    _ => "shared".into(),
                 },
                 figures: acc.figures(),
             })

@@ -184,6 +184,32 @@ impl Role {
     pub fn unit_category(&self) -> Category {
         self.owner.unwrap_or(self.category)
     }
+
+    /// The feed-forward block of its layer this tensor belongs to.
+    pub fn block(&self) -> Block {
+        Block::of(self.category, self.expert)
+    }
+}
+
+/// Where a tensor sits among its layer's feed-forward blocks: a routed expert, the shared
+/// expert, or the rest of the layer (a dense layer's FFN, attention, norms, routers). The
+/// category rule draws per block, and the diff's `experts` rows sum per block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Block {
+    Dense,
+    Shared,
+    Expert(usize),
+}
+
+impl Block {
+    /// The block of a tensor of `category`, `expert` its routed expert's index if any.
+    pub fn of(category: Category, expert: Option<usize>) -> Self {
+        match expert {
+            Some(e) => Block::Expert(e),
+            None if category.is_shared_ffn() => Block::Shared,
+            None => Block::Dense,
+        }
+    }
 }
 
 /// One part of a fused tensor: the index ranges it occupies along `axis`.

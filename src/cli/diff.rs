@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use hft::arch::Layout;
+use hft::arch::{Block, Layout};
 use hft::defaults;
 use hft::error::{Error, Result};
 use hft::io::output;
@@ -61,10 +61,10 @@ pub fn run(args: &DiffArgs, sink: &dyn Sink) -> Result<String> {
     if args.by == Some(By::Expert) {
         // Said before a long diff rather than after it.
         let layout = Layout::for_checkpoint(&a);
-        let moe = a.tensors().iter().any(|t| {
-            let r = layout.role(&t.name);
-            r.expert.is_some() || r.category.is_shared_ffn()
-        });
+        let moe = a
+            .tensors()
+            .iter()
+            .any(|t| layout.role(&t.name).block() != Block::Dense);
         if !moe {
             return Err(Error::usage(format!(
                 "--by expert: {} has no mixture-of-experts layers (family {})",

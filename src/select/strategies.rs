@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use super::units::{Kind, Units};
 use super::{Balance, Drawn, LisaOptions, Pick, SelectOptions};
+use crate::arch::Block;
 use crate::error::{Error, Result};
 use crate::plan::Schedule;
 use crate::rng;
@@ -101,15 +102,6 @@ fn choose(us: &Units, idx: &[usize], k: usize, key: u64, balance: Balance) -> Ve
         .collect()
 }
 
-/// Where a unit is drawn in the category rule: its layer and, in a mixture-of-experts layer,
-/// which feed-forward block (a dense layer's is `Dense`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Block {
-    Dense,
-    Shared,
-    Expert(usize),
-}
-
 /// The paper's category-level rule, generalised to any ratio: in each layer, `ratio` of each
 /// group (attention matrices, FFN matrices, norms, routers) trains, with fractional counts
 /// spread over the layers by [`split_counts`]. In a mixture-of-experts layer the FFN rule
@@ -124,11 +116,7 @@ pub(crate) fn category(us: &Units, opts: &SelectOptions, seed: u64) -> Drawn {
         for (i, u) in us.units.iter().enumerate() {
             if u.kind == kind {
                 if let Some(l) = u.layer {
-                    let block = match u.expert {
-                        Some(e) => Block::Expert(e),
-                        None if u.category.is_shared_ffn() => Block::Shared,
-                        None => Block::Dense,
-                    };
+                    let block = Block::of(u.category, u.expert);
                     groups.entry((l, block)).or_default().push(i);
                 }
             }
