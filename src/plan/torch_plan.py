@@ -195,9 +195,10 @@ def _expert_pieces(name, shape, entries):
     return pieces
 
 
-def _keep(p, name, entries):
-    """The entry of parameter `p` (plan name `name`, or None for fused experts): "train",
-    "freeze", or a bool tensor of the elements that train; None when the plan has no entry."""
+def _keep(p, cname, name, entries):
+    """The entry of parameter `p` (checkpoint name `cname`; plan name `name`, or None for fused
+    experts): "train", "freeze", or a bool tensor of the elements that train; None when the
+    plan has no entry."""
     import torch
 
     if name is not None:
@@ -205,7 +206,7 @@ def _keep(p, name, entries):
         if entry == "train" or entry == "freeze":
             return entry
         return hft_trainable_mask(name, tuple(p.shape), entry, device=p.device)
-    pieces = _expert_pieces(_checkpoint_name(p._hft_name), tuple(p.shape), entries)
+    pieces = _expert_pieces(cname, tuple(p.shape), entries)
     if pieces is None:
         return None
     states = {entries[n] for *_, n in pieces}
@@ -226,13 +227,12 @@ def apply_hft_plan(model, step=0, strict=True):
     for pname, p in model.named_parameters():
         if _is_adapter(pname):
             continue
-        p._hft_name = pname
         cname = _checkpoint_name(pname)
         # transformers 5 calls Mixtral's `block_sparse_moe` `mlp`.
         name = _resolve(cname, entries) or _resolve(
             cname.replace(".mlp.", ".block_sparse_moe."), entries
         )
-        keep = _keep(p, name, entries)
+        keep = _keep(p, cname, name, entries)
         if keep is None:
             if strict:
                 raise KeyError(f"parameter {pname} is not in the plan (a plan for another model?)")
