@@ -58,20 +58,21 @@ pub fn map(model: &ModelInfo, plan: &Plan) -> String {
     let mut experts: BTreeMap<usize, BTreeMap<usize, (u32, bool)>> = BTreeMap::new();
     for s in &states {
         let u = &us.units[s.unit];
-        match u.layer {
-            Some(l) if u.expert.is_some() => {
-                let e = experts.entry(l).or_default();
-                let cell = e.entry(u.expert.unwrap_or(0)).or_default();
+        if let Some(l) = u.layer {
+            let c = layer_counts.entry(l).or_default();
+            c.0 += s.trainable;
+            c.1 += s.total;
+        }
+        match (u.layer, u.expert) {
+            (Some(l), Some(expert)) => {
+                let cell = experts.entry(l).or_default().entry(expert).or_default();
                 if s.total > 0 && s.trainable == s.total {
                     cell.0 += 1;
                 } else if s.trainable > 0 {
                     cell.1 = true;
                 }
-                let c = layer_counts.entry(l).or_default();
-                c.0 += s.trainable;
-                c.1 += s.total;
             }
-            Some(l) => {
+            (Some(l), None) => {
                 let label = if u.kind == Kind::Norm {
                     let o = norm_ordinal.entry(l).or_default();
                     *o += 1;
@@ -88,11 +89,8 @@ pub fn map(model: &ModelInfo, plan: &Plan) -> String {
                     .entry(u.kind)
                     .or_default()
                     .push(cell(&label, s.trainable, s.total));
-                let c = layer_counts.entry(l).or_default();
-                c.0 += s.trainable;
-                c.1 += s.total;
             }
-            None => {
+            (None, _) => {
                 let state = if s.trainable == s.total && s.total > 0 {
                     "train".to_string()
                 } else if s.trainable == 0 {
