@@ -1,6 +1,6 @@
 //! Element-mask speed on one thread, in nanoseconds per element of a tensor, for the tensor
-//! shapes of the benchmark pair (`bench/masks.sh`) and one of 2^25 elements (the largest mask
-//! computed whole):
+//! shapes of the benchmark pair (`bench/masks.sh`), one of 2^25 elements (the largest mask
+//! computed whole) and Llama-3-8B's feed-forward matrix:
 //!
 //! - `forward`: `Permutation::select_range` over the whole tensor, the image of every index.
 //! - `backward`: `Permutation::mark_preimages` of the targets below k, the bits of the mask.
@@ -33,12 +33,13 @@ fn main() {
         .num_threads(1)
         .build_global()
         .expect("the first pool");
-    let shapes: [(&str, u64); 5] = [
+    let shapes: [(&str, u64); 6] = [
         ("256 x 2048", 256 * 2048),
         ("2048 x 2048", 2048 * 2048),
         ("5632 x 2048", 5632 * 2048),
         ("2^25", 1 << 25),
         ("32000 x 2048", 32000 * 2048),
+        ("14336 x 4096", 14336 * 4096),
     ];
     println!("| tensor | elements | forward | backward | mask (as reset) |");
     println!("|---|---:|---:|---:|---:|");
