@@ -166,11 +166,12 @@ pub fn element_mask(
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
-    let f = entry.element_fn(name, shape);
     let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|i| if f.trains(i) { 1.0 } else { 0.0 })
-        .collect();
+    // A batch at a time (`fill`), several times faster than element by element for the masks
+    // evaluated forwards.
+    let mut sel = vec![0u8; n];
+    entry.element_fn(name, shape).fill(0, &mut sel, 1, 0);
+    let v: Vec<f32> = sel.iter().map(|&b| f32::from(b)).collect();
     Tensor::from_vec(v, shape, device)
         .and_then(|t| t.to_dtype(dtype))
         .map_err(TrainError::map)
