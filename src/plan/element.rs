@@ -9,9 +9,10 @@ use crate::rng::Permutation;
 
 /// Masks of up to this many elements are computed whole when their [`ElementFn`] is made,
 /// backwards from their smaller side ([`Permutation::mark_preimages`]): a bit per element,
-/// 4 MiB at most. Measured on 2 cores (`bench/masks.sh`), that is 1.5-2x faster than going
-/// forwards up to 2^25 elements; above, the bits no longer stay in cache and the forward
-/// evaluation of each range as it is read ([`Permutation::select_range`]) wins.
+/// 4 MiB at most. Measured on one thread (`cargo bench --no-default-features --bench
+/// mask_speed`), that is 1.3-1.8x faster than going forwards up to 2^25 elements; above, the
+/// bits no longer stay in cache and the forward evaluation of each range as it is read
+/// ([`Permutation::select_range`]) wins.
 const WHOLE_MASK: u64 = 1 << 25;
 
 /// Membership test of one element in the trainable set of a tensor.
@@ -21,7 +22,6 @@ pub enum ElementFn {
     Mask {
         /// `rng::permute(key, n, ·)` tabulated: the element trains when it maps below `k`.
         perm: Permutation,
-        n: u64,
         k: u64,
         /// The whole mask, when it was computed at once (see [`WHOLE_MASK`]).
         bits: Option<MaskBits>,
@@ -46,19 +46,15 @@ impl ElementFn {
     pub fn mask(perm: Permutation, k: u64) -> Self {
         let n = perm.n();
         let bits = (k > 0 && k < n && n <= WHOLE_MASK).then(|| {
-            if k <= n - k {
-                MaskBits {
-                    words: preimage_bits(&perm, 0..k),
-                    trains: true,
-                }
-            } else {
-                MaskBits {
-                    words: preimage_bits(&perm, k..n),
-                    trains: false,
-                }
+            // The smaller side: the training elements, or the frozen ones.
+            let trains = k <= n - k;
+            let targets = if trains { 0..k } else { k..n };
+            MaskBits {
+                words: preimage_bits(&perm, targets),
+                trains,
             }
         });
-        ElementFn::Mask { perm, n, k, bits }
+        ElementFn::Mask { perm, k, bits }
     }
 
     #[inline]
@@ -68,7 +64,9 @@ impl ElementFn {
             ElementFn::Mask { bits: Some(b), .. } => {
                 (b.words[i / 64] >> (i % 64) & 1 == 1) == b.trains
             }
-            ElementFn::Mask { perm, n, k, .. } => *k >= *n || (*k > 0 && perm.apply(i as u64) < *k),
+            ElementFn::Mask { perm, k, .. } => {
+                *k >= perm.n() || (*k > 0 && perm.apply(i as u64) < *k)
+            }
             ElementFn::Rows { inner, along, hit } => hit[(i / inner) % along],
         }
     }
@@ -86,7 +84,7 @@ impl ElementFn {
                 };
                 spread_bits(&b.words, start, out, set, clear)
             }
-            ElementFn::Mask { perm, n, k, .. } if *k > 0 && k < n => {
+            ElementFn::Mask { perm, k, .. } if *k > 0 && *k < perm.n() => {
                 perm.select_range(start as u64, *k, out, train, freeze)
             }
             _ => {

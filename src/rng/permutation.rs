@@ -127,17 +127,20 @@ impl Permutation {
     /// `out[j] = below` where `self.apply(start + j) < k`, else `above`: an element mask
     /// written straight into selection bytes, a batch at a time ([`Batch::evaluate`]).
     pub fn select_range(&self, start: u64, k: u64, out: &mut [u8], below: u8, above: u8) {
-        let Some(t) = (k < self.n).then_some(()).and(self.rounds.as_ref()) else {
+        let t = match &self.rounds {
+            Some(t) if k < self.n => t,
             // Every index maps below `k`, or the rounds are computed (over 2^32 elements:
             // never a tensor in practice), one index at a time.
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = if k >= self.n || self.apply(start + j as u64) < k {
-                    below
-                } else {
-                    above
-                };
+            _ => {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = if k >= self.n || self.apply(start + j as u64) < k {
+                        below
+                    } else {
+                        above
+                    };
+                }
+                return;
             }
-            return;
         };
         // Tabulated: the domain, `n` and `k < n` fit u32.
         let (k, last, flip) = (k as u32, (self.n - 1) as u32, below ^ above);

@@ -51,20 +51,8 @@ impl Combine for TaskArithmetic {
         check_inputs(t, n + 1)?;
         let lambda = self.lambda;
         match self.dare {
-            // Task vector by task vector over the chunk, `out` holding the sums: each element
-            // gets the same additions in the same order as when summed on its own (the same
-            // bits), and the loops vectorise.
             None => Ok(TensorOp::Values(Box::new(move |_, ins, out| {
-                let base = ins[0];
-                out.fill(0.0);
-                for (m, w) in ins[1..].iter().zip(&self.weights) {
-                    for ((o, &x), &b) in out.iter_mut().zip(*m).zip(base) {
-                        *o += w * (x - b);
-                    }
-                }
-                for (o, &b) in out.iter_mut().zip(base) {
-                    *o = b + lambda * *o;
-                }
+                task_sum(ins, &self.weights, lambda, out, |_, _| true)
             }))),
             Some((p, seed)) => {
                 let key = rng::key(seed, t.name);
@@ -77,25 +65,41 @@ impl Combine for TaskArithmetic {
                 // and p · 2^53 is exact, so m >= ceil(p · 2^53) is the same test without an
                 // unsigned-to-float conversion per draw.
                 let keep_from = (p * (1u64 << 53) as f64).ceil() as u64;
-                let factor = lambda * scale;
                 Ok(TensorOp::Values(Box::new(move |start, ins, out| {
-                    let base = ins[0];
-                    out.fill(0.0);
-                    for (i, (m, w)) in ins[1..].iter().zip(&self.weights).enumerate() {
-                        let rows = out.iter_mut().zip(*m).zip(base).enumerate();
-                        for (j, ((o, &x), &b)) in rows {
-                            let kept = rng::draw(key, ((start + j) * n + i) as u64) >> 11;
-                            // Adding +0.0 for a dropped entry keeps the sum's bits: it starts
-                            // at +0.0, and a sum is -0.0 only when both terms are.
-                            *o += if kept >= keep_from { w * (x - b) } else { 0.0 };
-                        }
-                    }
-                    for (o, &b) in out.iter_mut().zip(base) {
-                        *o = b + factor * *o;
-                    }
+                    let kept = |i: usize, j: usize| {
+                        rng::draw(key, ((start + j) * n + i) as u64) >> 11 >= keep_from
+                    };
+                    task_sum(ins, &self.weights, lambda * scale, out, kept)
                 })))
             }
         }
+    }
+}
+
+/// `out = BASE + factor · Σᵢ wᵢ (Mᵢ − BASE)` over the entries `kept(i, j)` allows (task
+/// vector `i`, element `j` of the chunk), `ins = [BASE, M1, ...]`. Summed task vector by task
+/// vector with `out` holding the sums: each element gets the same additions in the same order
+/// as when summed on its own (the same bits), and the loops vectorise. A dropped entry adds
+/// +0.0, which keeps the sum's bits: it starts at +0.0, and a sum is -0.0 only when both terms
+/// are.
+#[inline(always)]
+fn task_sum(
+    ins: &[&[f32]],
+    weights: &[f32],
+    factor: f32,
+    out: &mut [f32],
+    kept: impl Fn(usize, usize) -> bool,
+) {
+    let base = ins[0];
+    out.fill(0.0);
+    for (i, (m, w)) in ins[1..].iter().zip(weights).enumerate() {
+        let rows = out.iter_mut().zip(*m).zip(base).enumerate();
+        for (j, ((o, &x), &b)) in rows {
+            *o += if kept(i, j) { w * (x - b) } else { 0.0 };
+        }
+    }
+    for (o, &b) in out.iter_mut().zip(base) {
+        *o = b + factor * *o;
     }
 }
 
